@@ -1,0 +1,5 @@
+import sys
+
+from medserl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""JSON logs that never carry clinical note text unless a user asks for it (``log_phi``).
+
+Rule for every service: put note text only in ``extra={...}`` under one of PHI_FIELDS, never in
+the message itself. The filter replaces those fields by their length unless PHI logging is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+PHI_FIELDS = frozenset(
+    {"note", "text", "note_text", "sentence", "sentences", "original", "modified", "completion", "prompt",
+     "reasoning", "new_sentence", "corrected_sentence"}
+)
+SECRET_FIELDS = frozenset({"api_key", "openai_api_key", "authorization", "token"})
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class RedactFilter(logging.Filter):
+    """Replaces PHI fields by ``<redacted N chars>`` and secrets by ``<secret>``."""
+
+    def __init__(self, log_phi: bool = False):
+        super().__init__()
+        self.log_phi = log_phi
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key in list(vars(record)):
+            if key in SECRET_FIELDS:
+                setattr(record, key, "<secret>")
+            elif key in PHI_FIELDS and not self.log_phi:
+                value = getattr(record, key)
+                setattr(record, key, f"<redacted {len(str(value))} chars>")
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str):
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                payload[key] = value if isinstance(value, str | int | float | bool | None) else repr(value)
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, ensure_ascii=False)
+
+
+def setup_logging(service: str, level: str = "INFO", json_logs: bool = True, log_phi: bool = False) -> None:
+    """Configure the root logger once per process (stderr)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactFilter(log_phi))
+    handler.setFormatter(JsonFormatter(service) if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("kafka", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,25 @@
+"""Kafka topic names: the one place they are spelled. See ../shared/DESIGN.md (data flow)."""
+
+from __future__ import annotations
+
+SFT_CANDIDATES = "sft.candidates"  # SftExample, generator -> verifier
+SFT_VERIFIED = "sft.verified"  # SftExample with a passing VerificationReport
+SFT_REJECTED = "sft.rejected"  # SftExample with the failed checks
+NOTES_SEED = "notes.seed"  # Note, seed notes for the RL pool
+ROLLOUTS_GENERATED = "rollouts.generated"  # Rollout, injector -> verifier
+ROLLOUTS_VERIFIED = "rollouts.verified"  # Rollout with verification, verifier -> assessor
+ROLLOUTS_SCORED = "rollouts.scored"  # ScoredRollout, assessor -> learner
+POLICY_UPDATES = "policy.updates"  # PolicyUpdate, learner -> injector
+DEAD_LETTER = "deadletter"  # DeadLetter, from every service
+
+ALL_TOPICS = (
+    SFT_CANDIDATES,
+    SFT_VERIFIED,
+    SFT_REJECTED,
+    NOTES_SEED,
+    ROLLOUTS_GENERATED,
+    ROLLOUTS_VERIFIED,
+    ROLLOUTS_SCORED,
+    POLICY_UPDATES,
+    DEAD_LETTER,
+)
