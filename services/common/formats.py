@@ -1,0 +1,391 @@
+"""Task formats of the two RL roles: the ONE place prompts and outputs are defined.
+
+SFT, inference (injector/assessor services), the verifier and the reward all import from here, so a
+model trained on these strings is scored with exactly the parser that matches them.
+
+Format version ``FORMAT_VERSION`` (bump it whenever a prompt or an output layout changes: SFT data
+and checkpoints record it).
+
+Prompts (system + user chat messages)
+-------------------------------------
+The note is shown as numbered sentences, one per line, ``[<id>] <sentence>`` (ids 0..n-1, MEDEC
+style). The assessor sees ONLY the numbered sentences: never a note id, a file name or a
+neighbouring note (MEDEC's twin notes sit at adjacent ids; an id-adjacency rule alone scores ~0.99).
+
+Outputs (the assistant turn): short ``key: value`` lines, one field per line, fixed order
+----------------------------------------------------------------------------------------
+Assessor (MEDEC verdict)::
+
+    error_flag: 1
+    error_sentence_id: 3
+    corrected_sentence: The patient was started on amoxicillin.
+
+and with no error::
+
+    error_flag: 0
+    error_sentence_id: -1
+    corrected_sentence: NA
+
+Injector (one edited sentence)::
+
+    sentence_id: 3
+    new_sentence: The patient was started on doxycycline.
+    error_type: pharmacotherapy
+    reasoning: doxycycline is contraindicated in a child this young.
+
+``error_type`` is one of ``ERROR_TYPES`` or ``none`` (paraphrase mode); ``reasoning`` may be empty.
+Values are single lines (newlines inside a value are rendered as spaces).
+
+Why this layout: a 2-layer CPU model learns a fixed four-line key/value layout in a few hundred
+steps, and Qwen3-4B follows it reliably from the instructions alone; it needs no JSON escaping (notes
+are full of quotes and slashes), and a truncated output is detectable (a required line is missing).
+
+Parsers never raise: model garbage (empty, truncated, wrong ids, extra prose, Markdown bold or code
+fences, Qwen3 ``<think>...</think>`` blocks, a JSON object instead of lines) returns either a parsed
+value or ``ParseFailure(reason, raw)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+FORMAT_VERSION = "medserl-format-v1"
+
+ERROR_TYPES = ("diagnosis", "management", "treatment", "pharmacotherapy", "causalOrganism")
+MODES = ("paraphrase", "inject")
+ROLES = ("assessor", "injector")
+NO_ERROR_TYPE = "none"
+NA = "NA"  # MEDEC's "no corrected sentence"
+
+# keys of the output lines, in render order
+ASSESSOR_KEYS = ("error_flag", "error_sentence_id", "corrected_sentence")
+INJECTOR_KEYS = ("sentence_id", "new_sentence", "error_type", "reasoning")
+# strings a tokenizer should keep whole (the tiny model's BPE adds them to its training corpus)
+FORMAT_STRINGS = (*ASSESSOR_KEYS, *INJECTOR_KEYS, *ERROR_TYPES, NO_ERROR_TYPE, NA, *MODES)
+
+MAX_REASONING_CHARS = 300
+
+Sentences = Sequence[tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class InjectorEdit:
+    """The injector's answer: replace sentence ``sentence_id`` with ``new_sentence``."""
+
+    sentence_id: int
+    new_sentence: str
+    error_type: str | None  # None in paraphrase mode
+    reasoning: str = ""
+
+
+@dataclass(frozen=True)
+class AssessorOutput:
+    """A MEDEC verdict. ``sentence_id`` is -1 and ``corrected_sentence`` None when there is no error."""
+
+    error_flag: bool
+    sentence_id: int
+    corrected_sentence: str | None
+
+
+@dataclass(frozen=True)
+class ParseFailure:
+    """Why a model output could not be read (``raw`` is the text as given)."""
+
+    reason: str
+    raw: str
+
+    def __bool__(self) -> bool:  # lets callers write ``if not parsed:``
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts
+
+ASSESSOR_SYSTEM = (
+    "You are a careful physician reviewing a clinical note for a medical error. The note is given as "
+    "numbered sentences. At most one sentence contains an error (a wrong diagnosis, management, "
+    "treatment, pharmacotherapy or causal organism). Answer with exactly three lines:\n"
+    "error_flag: 1 if the note has an error, else 0\n"
+    "error_sentence_id: the number of the wrong sentence, or -1\n"
+    "corrected_sentence: the wrong sentence rewritten correctly, or NA\n"
+    "Write nothing else."
+)
+
+INJECTOR_SYSTEM = (
+    "You edit clinical notes to build training data for an error detector. The note is given as "
+    "numbered sentences and is correct. Change exactly ONE sentence and keep every other sentence "
+    "as it is.\n"
+    "Mode paraphrase: reword the sentence safely; keep every medication, dose, number with its unit, "
+    "diagnosis and organism exactly; error_type is none.\n"
+    "Mode inject: introduce one realistic, clinically significant error of type diagnosis, "
+    "management, treatment, pharmacotherapy or causalOrganism that a careful reader could detect.\n"
+    "Answer with exactly four lines:\n"
+    "sentence_id: the number of the sentence you changed\n"
+    "new_sentence: the full new sentence\n"
+    "error_type: diagnosis, management, treatment, pharmacotherapy, causalOrganism or none\n"
+    "reasoning: one short sentence on what you changed and why\n"
+    "Write nothing else."
+)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n")).replace("\r", " ").strip()
+
+
+def render_note(sentences: Sentences) -> str:
+    """Numbered sentences, one per line: ``[<id>] <sentence>``."""
+    return "\n".join(f"[{int(sid)}] {_one_line(str(text))}" for sid, text in sentences)
+
+
+def assessor_messages(sentences: Sentences) -> list[dict]:
+    """System + user messages asking for a MEDEC verdict on a note (numbered sentences only)."""
+    user = f"Note:\n{render_note(sentences)}\n\nIs there a medical error in this note?"
+    return [{"role": "system", "content": ASSESSOR_SYSTEM}, {"role": "user", "content": user}]
+
+
+def injector_messages(sentences: Sentences, mode: str) -> list[dict]:
+    """System + user messages asking the injector for one edit in ``mode`` (paraphrase | inject)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown injector mode {mode!r}; expected one of {MODES}")
+    user = f"Mode: {mode}\nNote:\n{render_note(sentences)}"
+    return [{"role": "system", "content": INJECTOR_SYSTEM}, {"role": "user", "content": user}]
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def render_assessor_output(out: AssessorOutput) -> str:
+    if not out.error_flag:
+        return f"error_flag: 0\nerror_sentence_id: -1\ncorrected_sentence: {NA}"
+    corrected = _one_line(out.corrected_sentence) if out.corrected_sentence else NA
+    return f"error_flag: 1\nerror_sentence_id: {int(out.sentence_id)}\ncorrected_sentence: {corrected}"
+
+
+def render_injector_edit(edit: InjectorEdit) -> str:
+    error_type = edit.error_type or NO_ERROR_TYPE
+    reasoning = _one_line(edit.reasoning or "")
+    return (
+        f"sentence_id: {int(edit.sentence_id)}\n"
+        f"new_sentence: {_one_line(edit.new_sentence)}\n"
+        f"error_type: {error_type}\n"
+        f"reasoning: {reasoning}".rstrip()
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing (never raises)
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"^\s*```[\w-]*\s*$", re.MULTILINE)
+_INT = re.compile(r"^[-+]?\d+$")
+_TYPES_BY_LOWER = {t.lower(): t for t in ERROR_TYPES}
+_NONE_TYPES = {"none", "null", "na", "n/a", "no error", "-", ""}
+
+
+def _strip_wrappers(text: str) -> str | ParseFailure:
+    """Remove Qwen3 thinking, code fences and Markdown emphasis around the answer."""
+    raw = text
+    cleaned = _THINK_BLOCK.sub("", text)
+    lowered = cleaned.lower()
+    if "</think>" in lowered:  # the template opened <think> in the prompt: the answer follows the close
+        cleaned = cleaned[lowered.rfind("</think>") + len("</think>") :]
+    elif "<think>" in lowered:
+        return ParseFailure("unterminated <think> block (output truncated while thinking)", raw)
+    cleaned = _FENCE.sub("", cleaned)
+    return cleaned.strip()
+
+
+def _key_values(text: str, keys: Sequence[str]) -> dict[str, str]:
+    """First ``key: value`` line for each key (tolerates bullets, bold, spaces or '=' separators)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        stripped = line.strip().lstrip("-*•> ").strip()
+        match = re.match(r"^[*_`]*([A-Za-z_ ]+?)[*_`]*\s*[:=]\s*(.*)$", stripped)
+        if not match:
+            continue
+        key = match.group(1).strip().lower().replace(" ", "_")
+        if key in keys and key not in found:
+            found[key] = match.group(2).strip().strip("*_`").strip()
+    if found:
+        return found
+    return _json_key_values(text, keys)
+
+
+def _json_key_values(text: str, keys: Sequence[str]) -> dict[str, str]:
+    """Fallback for models that answer with a JSON object instead of lines."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return {}
+    try:
+        obj = json.loads(text[start : end + 1])
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    out: dict[str, str] = {}
+    for key, value in obj.items():
+        norm = str(key).strip().lower().replace(" ", "_")
+        if norm in keys and norm not in out:
+            out[norm] = "" if value is None else str(value).strip()
+    return out
+
+
+def _parse_int(value: str) -> int | None:
+    value = value.strip().strip("[]().").strip()
+    return int(value) if _INT.match(value) else None
+
+
+def _parse_flag(value: str) -> bool | None:
+    value = value.strip().strip(".").lower()
+    if value in ("1", "yes", "true", "error", "incorrect"):
+        return True
+    if value in ("0", "no", "false", "none", "correct"):
+        return False
+    return None
+
+
+def parse_assessor_output(text: str, num_sentences: int | None = None) -> AssessorOutput | ParseFailure:
+    """Read a MEDEC verdict; ``num_sentences`` (when given) rejects ids outside the note."""
+    try:
+        return _parse_assessor(text, num_sentences)
+    except Exception as exc:  # a parser bug must not take a service down
+        return ParseFailure(f"parser error: {type(exc).__name__}", text if isinstance(text, str) else repr(text))
+
+
+def _parse_assessor(text: str, num_sentences: int | None) -> AssessorOutput | ParseFailure:
+    if not isinstance(text, str):
+        return ParseFailure(f"expected text, got {type(text).__name__}", repr(text))
+    cleaned = _strip_wrappers(text)
+    if isinstance(cleaned, ParseFailure):
+        return cleaned
+    if not cleaned:
+        return ParseFailure("empty output", text)
+    fields = _key_values(cleaned, ASSESSOR_KEYS)
+    if "error_flag" not in fields:
+        return ParseFailure("missing error_flag line", text)
+    flag = _parse_flag(fields["error_flag"])
+    if flag is None:
+        return ParseFailure(f"error_flag is not 0/1: {fields['error_flag'][:40]!r}", text)
+    if not flag:
+        return AssessorOutput(False, -1, None)
+    if "error_sentence_id" not in fields:
+        return ParseFailure("error_flag is 1 but error_sentence_id is missing", text)
+    sentence_id = _parse_int(fields["error_sentence_id"])
+    if sentence_id is None or sentence_id < 0:
+        return ParseFailure(f"error_sentence_id is not a sentence number: {fields['error_sentence_id'][:40]!r}", text)
+    if num_sentences is not None and sentence_id >= num_sentences:
+        return ParseFailure(f"error_sentence_id {sentence_id} is not in the note (0..{num_sentences - 1})", text)
+    if "corrected_sentence" not in fields:
+        return ParseFailure("error_flag is 1 but corrected_sentence is missing (truncated?)", text)
+    corrected = fields["corrected_sentence"]
+    return AssessorOutput(True, sentence_id, None if corrected.upper() in ("NA", "N/A", "") else corrected)
+
+
+def parse_injector_edit(text: str) -> InjectorEdit | ParseFailure:
+    """Read the injector's edit (whether the id exists in the note is checked by ``apply_edit``)."""
+    try:
+        return _parse_injector(text)
+    except Exception as exc:  # a parser bug must not take a service down
+        return ParseFailure(f"parser error: {type(exc).__name__}", text if isinstance(text, str) else repr(text))
+
+
+def _parse_injector(text: str) -> InjectorEdit | ParseFailure:
+    if not isinstance(text, str):
+        return ParseFailure(f"expected text, got {type(text).__name__}", repr(text))
+    cleaned = _strip_wrappers(text)
+    if isinstance(cleaned, ParseFailure):
+        return cleaned
+    if not cleaned:
+        return ParseFailure("empty output", text)
+    fields = _key_values(cleaned, INJECTOR_KEYS)
+    for key in ("sentence_id", "new_sentence", "error_type"):
+        if key not in fields:
+            return ParseFailure(f"missing {key} line", text)
+    sentence_id = _parse_int(fields["sentence_id"])
+    if sentence_id is None or sentence_id < 0:
+        return ParseFailure(f"sentence_id is not a sentence number: {fields['sentence_id'][:40]!r}", text)
+    new_sentence = fields["new_sentence"]
+    if not new_sentence:
+        return ParseFailure("new_sentence is empty", text)
+    raw_type = fields["error_type"].strip().strip(".")
+    if raw_type.lower() in _NONE_TYPES:
+        error_type = None
+    elif raw_type.lower() in _TYPES_BY_LOWER:
+        error_type = _TYPES_BY_LOWER[raw_type.lower()]
+    else:
+        return ParseFailure(f"unknown error_type {raw_type[:40]!r}; expected one of {ERROR_TYPES} or none", text)
+    return InjectorEdit(sentence_id, new_sentence, error_type, fields.get("reasoning", ""))
+
+
+def apply_edit(sentences: Sentences, edit: InjectorEdit) -> list[tuple[int, str]] | ParseFailure:
+    """The note with sentence ``edit.sentence_id`` replaced; ParseFailure when that id is not in it."""
+    ids = [int(sid) for sid, _ in sentences]
+    if edit.sentence_id not in ids:
+        return ParseFailure(
+            f"sentence_id {edit.sentence_id} is not in the note ({len(ids)} sentences)",
+            render_injector_edit(edit),
+        )
+    return [(int(sid), edit.new_sentence if int(sid) == edit.sentence_id else text) for sid, text in sentences]
+
+
+# ---------------------------------------------------------------------------------------------
+# SFT chats
+
+
+def _sentences(value) -> list[tuple[int, str]]:
+    return [(int(sid), str(text)) for sid, text in value]
+
+
+def short_reasoning(reasoning: dict | str | None, limit: int = MAX_REASONING_CHARS) -> str:
+    """One line for the injector's ``reasoning`` field from the generator's reasoning object."""
+    if not reasoning:
+        return ""
+    if isinstance(reasoning, str):
+        text = reasoning
+    else:
+        text = str(reasoning.get("why_wrong") or "")
+        if not text and reasoning.get("wrong_finding") and reasoning.get("right_finding"):
+            text = f"{reasoning['right_finding']} was changed to {reasoning['wrong_finding']}"
+    text = _one_line(text)
+    if len(text) > limit:
+        cut = text[:limit]
+        text = (cut[: cut.rfind(" ")] if " " in cut else cut).rstrip(" ,;:") + "..."
+    return text
+
+
+def assessor_target(record: dict) -> AssessorOutput:
+    """The MEDEC verdict an SFT record teaches (CORRECT: no error; INCORRECT: the original back)."""
+    if record["kind"] == "CORRECT":
+        return AssessorOutput(False, -1, None)
+    return AssessorOutput(True, int(record["changed_sentence_id"]), str(record["original_sentence"]))
+
+
+def injector_target(record: dict) -> InjectorEdit:
+    """The edit an SFT record teaches (CORRECT: the safe paraphrase; INCORRECT: the MEDEC error)."""
+    error_type = record.get("error_type") if record["kind"] == "INCORRECT" else None
+    return InjectorEdit(
+        int(record["changed_sentence_id"]),
+        _one_line(str(record["new_sentence"])),
+        error_type or None,
+        short_reasoning(record.get("reasoning")),
+    )
+
+
+def sft_messages(record: dict, role: str) -> list[dict]:
+    """The full chat (system, user, assistant) an SFT record teaches for ``role``."""
+    if record.get("kind") not in ("CORRECT", "INCORRECT"):
+        raise ValueError(f"SFT record kind must be CORRECT or INCORRECT, got {record.get('kind')!r}")
+    if role == "assessor":
+        messages = assessor_messages(_sentences(record["note_sentences"]))
+        answer = render_assessor_output(assessor_target(record))
+    elif role == "injector":
+        mode = "paraphrase" if record["kind"] == "CORRECT" else "inject"
+        messages = injector_messages(_sentences(record["source_sentences"]), mode)
+        answer = render_injector_edit(injector_target(record))
+    else:
+        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+    return [*messages, {"role": "assistant", "content": answer}]
