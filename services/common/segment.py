@@ -1,0 +1,90 @@
+"""Sentence segmentation for clinical notes that carry no MEDEC sentence ids.
+
+Used for model outputs, gRPC submissions and the raw pair JSONL. Design goals, in order:
+
+1. *Stable*: the same text always gives the same sentences, and editing one sentence never moves
+   the boundaries of the others (boundaries depend only on local context).
+2. *Clinical units stay whole*: ``102/73 mm Hg``, ``Na+: 135 mEq/L``, ``38.1 C``, ``Dr. Smith``,
+   ``e.g.``, ``q.i.d.`` and decimals never split.
+3. *MEDEC-compatible*: on unedited MEDEC notes it reproduces MEDEC's boundaries wherever MEDEC's
+   lines are real sentences (MEDEC's own splitter also breaks ``mm`` / ``Hg.`` apart; we do not).
+
+Rules: a newline ends a sentence (lab tables are one value per line); within a line a sentence ends
+at ``.``, ``?`` or ``!`` (optionally followed by closing quotes/brackets) followed by whitespace and
+an upper-case letter, a digit or an opening quote/bracket, unless the word before the period is a
+known abbreviation or a single initial.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Words that end with a period but do not end a sentence (compared lower-cased, without the dot).
+ABBREVIATIONS = frozenset(
+    {
+        "dr", "mr", "mrs", "ms", "prof", "st", "sr", "jr", "vs", "etc", "approx", "no", "nos", "fig",
+        "e.g", "i.e", "eg", "ie", "cf", "al", "inc", "ltd", "co", "dept", "univ", "ave", "mt", "ft",
+        "b.i.d", "t.i.d", "q.i.d", "q.d", "p.o", "p.r", "i.v", "i.m", "s.c", "q.h", "h.s", "a.m",
+        "p.m", "u.s", "u.k", "n.b", "wt", "ht", "temp", "resp", "hr", "min", "max", "mg", "mcg",
+        "sp", "spp", "var", "subsp", "ca", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+        "sept", "oct", "nov", "dec",
+    }
+)
+# Abbreviations that are also ordinary sentence-final words: they only block a split when the next
+# word is lower-case or a number (``pulse 80/min. She`` must still split).
+_WEAK_ABBREVIATIONS = frozenset({"min", "max", "hr", "temp", "resp", "wt", "ht", "mg", "mcg", "no", "ca",
+                                 "co", "ft", "mar", "dec", "var", "sp"})
+
+_BOUNDARY = re.compile(r"([.?!]+)([\"'\u201d\u2019)\]]*)(\s+)(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
+_WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)$")
+
+
+def _is_abbreviation(prefix: str, next_text: str) -> bool:
+    """Does the period at the end of ``prefix`` belong to an abbreviation rather than end a sentence?"""
+    match = _WORD_BEFORE.search(prefix)
+    if not match:
+        return False
+    word = match.group(1).lower().rstrip(".")
+    if word in ABBREVIATIONS:
+        if word in _WEAK_ABBREVIATIONS:
+            return bool(next_text[:1].isdigit())
+        return True
+    # dotted acronyms like "U.S.A" or "b.i.d" not listed above
+    return bool(re.fullmatch(r"(?:[a-z]\.){1,}[a-z]", word))
+
+
+def _split_line(line: str) -> list[str]:
+    sentences: list[str] = []
+    start = 0
+    for match in _BOUNDARY.finditer(line):
+        end = match.end(2)
+        if match.group(1) == "." and _is_abbreviation(line[start : match.start(1)], line[match.end() :]):
+            continue
+        piece = line[start:end].strip()
+        if piece:
+            sentences.append(piece)
+        start = match.end()
+    tail = line[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return sentences
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split a note into sentences (stripped, non-empty), keeping clinical units together."""
+    out: list[str] = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if line.strip():
+            out.extend(_split_line(line))
+    return out
+
+
+def number_sentences(text: str) -> list[tuple[int, str]]:
+    """MEDEC-style numbered sentences: ids 0..n-1 in reading order."""
+    return list(enumerate(split_sentences(text)))
+
+
+def join_sentences(sentences: list[tuple[int, str]] | list[str]) -> str:
+    """A note text from its sentences (one space between them); the inverse used for model inputs."""
+    parts = [s[1] if isinstance(s, tuple | list) else s for s in sentences]
+    return " ".join(p.strip() for p in parts if p and p.strip())
