@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 CACHE ?= $(HOME)/.cache/medserl
-LOCK_HASH := $(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-12)
 VENV ?= $(CACHE)/venv-$(LOCK_HASH)
 WHEELHOUSE ?= $(CACHE)/wheelhouse
 PY := $(VENV)/bin/python
@@ -16,7 +16,7 @@ help:  ## list targets
 
 # The venv lives outside the clone, keyed by the lock: CI on the same machine reuses it, and torch
 # (a CUDA build of a few GB from PyPI) is downloaded once into the wheelhouse.
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock
 	@echo ">> setting up $(VENV)"
 	@mkdir -p $(WHEELHOUSE)
 	$(PYTHON) -m venv $(VENV)
