@@ -1,0 +1,120 @@
+"""``medserl eval``: MEDIQA-CORR metrics, exactly as the official 2024 scorer computes them.
+
+Two uses:
+
+* ``medserl eval --reference CSV --run RUN [--json]`` scores an existing run file.
+* ``medserl eval --reference CSV --assessor CONFIG --out RUN`` runs an assessor backend over every
+  note of the CSV (the model sees only the numbered sentences, never ids or neighbouring notes),
+  writes the run file, and prints its metrics beside the trivial baselines (always "no error";
+  always the last sentence) and its flag rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="MEDIQA-CORR metrics for a run file, or run an assessor over a MEDEC CSV",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--reference", required=True, help="MEDEC CSV with ground truth (blank rows are dropped)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run file to score: '<text-id> <flag> <sentence-id> <correction|NA>' lines")
+    source.add_argument("--assessor", metavar="CONFIG",
+                        help="assessor settings (YAML/JSON; e.g. backend, model, base_url) to run over the CSV")
+    p.add_argument("--out", help="with --assessor: where to write the run file (required)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --assessor: override a setting")
+    p.add_argument("--limit", type=int, help="with --assessor: only the first N notes (a quick look)")
+    p.add_argument("--batch-size", type=int, default=8, help="with --assessor: notes per generate call")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_table(columns: dict[str, dict]) -> str:
+    """Metric rows, one column per scored run."""
+    from services.assessor.mediqa_eval import METRIC_LABELS
+
+    names = list(columns)
+    width = max(len(label) for _, label in METRIC_LABELS) + 2
+    lines = [f"{'metric':<{width}}" + "".join(f"{n:>16}" for n in names)]
+    lines.append("-" * (width + 16 * len(names)))
+    for key, label in METRIC_LABELS:
+        lines.append(f"{label:<{width}}" + "".join(f"{_fmt(columns[n].get(key)):>16}" for n in names))
+    extra = [("flag_rate", "Flag rate"), ("correction_pairs", "Correction pairs scored"),
+             ("run_texts_missing", "Texts missing from run"), ("run_invalid_lines", "Invalid run lines")]
+    for key, label in extra:
+        if any(key in columns[n] for n in names):
+            lines.append(f"{label:<{width}}" + "".join(f"{_fmt(columns[n].get(key)):>16}" for n in names))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medserl.cli import CliError
+    from services.assessor import mediqa_eval as me
+
+    try:
+        reference = me.load_reference(args.reference)
+        if args.run:
+            for flag in ("out", "set", "limit"):
+                if getattr(args, flag):
+                    raise CliError(f"--{flag} only goes with --assessor")
+            run_file = me.load_run(args.run)
+            results = me.score(reference, run_file)
+            if run_file.invalid_lines:
+                shown = ", ".join(map(str, run_file.invalid_lines[:10]))
+                print(f"warning: {len(run_file.invalid_lines)} invalid run line(s) counted as wrong "
+                      f"(line {shown}{'...' if len(run_file.invalid_lines) > 10 else ''})", file=sys.stderr)
+            if args.json:
+                print(json.dumps(results, indent=2))
+            else:
+                print(format_table({Path(args.run).name[:15]: results}))
+            return 0
+        if not args.out:
+            raise CliError("--assessor needs --out RUN (where to write the run file)")
+        return _run_assessor(args, reference)
+    except me.EvalInputError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _run_assessor(args: argparse.Namespace, reference) -> int:
+    from services.assessor.evaluate import assess_reference
+
+    from medserl.cli import CliError
+    from services.assessor import mediqa_eval as me
+    from services.common.settings import SettingsError, parse_set_flags
+
+    try:
+        overrides = parse_set_flags(args.set)
+        outcome = assess_reference(reference, args.assessor, overrides, out_path=Path(args.out),
+                                   limit=args.limit, batch_size=args.batch_size, progress=not args.json)
+    except (SettingsError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    scored_ref = outcome.reference
+    columns = {
+        "assessor": {**me.score(scored_ref, outcome.run), "flag_rate": outcome.flag_rate},
+        "no-error": me.score(scored_ref, me.baseline_run(scored_ref, None)),
+        "last-sentence": me.score(scored_ref, me.baseline_run(scored_ref, outcome.last_sentence_ids)),
+    }
+    columns["no-error"]["flag_rate"] = 0.0
+    columns["last-sentence"]["flag_rate"] = 1.0
+    if args.json:
+        print(json.dumps({"run_file": str(args.out), "notes": len(scored_ref), "unparsed": outcome.unparsed,
+                          "results": columns}, indent=2))
+    else:
+        print(f"wrote {args.out} ({len(scored_ref)} notes, {outcome.unparsed} unparsed verdicts)")
+        print(format_table(columns))
+    return 0
