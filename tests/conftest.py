@@ -71,3 +71,14 @@ def kafka_bootstrap(kafka_broker) -> str:
 def unique() -> str:
     """A suffix for topic and group names so tests never see each other's messages."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen3-architecture model, built once per session (MEDEC validation notes when the
+    data is here, else the demo set) so model tests run offline."""
+    from trainer.tiny_model import build_tiny_model, medec_texts
+
+    data = medec_dir()
+    texts = medec_texts(data) if data is not None else None
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), texts=texts, seed=0)
