@@ -1,0 +1,107 @@
+"""The durable request ledger and response cache (SQLite, WAL, synchronous=FULL).
+
+A response is stored under its cache key before anything is built from it, so a re-run or a run
+resumed after ``kill -9`` never pays for it again. The key covers (pair, task, attempt, prompt hash,
+model, sampling params, messages digest). Every HTTP attempt is logged; a request marked ``pending``
+but never answered was in flight when the process died: the client first tries to recover it from
+the provider (stored completions by metadata) before sending it again. Open Batch API jobs are kept
+too, so a resumed batch run polls its batch instead of submitting (and paying for) a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY, pair_id TEXT, task TEXT, attempt INTEGER, prompt_hash TEXT, model TEXT,
+    params TEXT, completion TEXT, prompt_tokens INTEGER, cached_tokens INTEGER,
+    completion_tokens INTEGER, cost_usd REAL, via TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, outcome TEXT, http_status INTEGER, detail TEXT,
+    started REAL, finished REAL);
+CREATE TABLE IF NOT EXISTS pending (key TEXT PRIMARY KEY, sent REAL);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY, input_file_id TEXT, keys TEXT, state TEXT, created REAL, finished REAL);
+"""
+
+
+class Ledger:
+    """One SQLite file per output directory; safe to share between threads of one process."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- response cache ---------------------------------------------------------------------------
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT completion, cost_usd, via FROM responses WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        return {"completion": json.loads(row[0]), "cost_usd": row[1], "via": row[2]}
+
+    def put(self, key: str, *, pair_id: str, task: str, attempt: int, prompt_hash: str, model: str, params: dict,
+            completion: dict, usage: tuple[int, int, int], cost_usd: float, via: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (key, pair_id, task, attempt, prompt_hash, model, json.dumps(params, sort_keys=True),
+                 json.dumps(completion), usage[0], usage[1], usage[2], cost_usd, via, time.time()))
+            self._db.execute("DELETE FROM pending WHERE key=?", (key,))
+            self._db.execute("COMMIT")
+
+    def cached_keys(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT key FROM responses")}
+
+    # --- attempts and in-flight requests ------------------------------------------------------------
+    def mark_pending(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO pending VALUES (?,?)", (key, time.time()))
+
+    def clear_pending(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pending WHERE key=?", (key,))
+
+    def is_pending(self, key: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM pending WHERE key=?", (key,)).fetchone() is not None
+
+    def log_attempt(self, key: str, outcome: str, http_status: int | None, detail: str, started: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO attempts (key, outcome, http_status, detail, started, finished) VALUES (?,?,?,?,?,?)",
+                             (key, outcome, http_status, detail[:500], started, time.time()))
+
+    def attempt_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT outcome, COUNT(*) FROM attempts GROUP BY outcome").fetchall())
+
+    # --- Batch API jobs -----------------------------------------------------------------------------
+    def add_batch(self, batch_id: str, input_file_id: str, keys: list[str]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?,?)",
+                             (batch_id, input_file_id, json.dumps(keys), "open", time.time(), None))
+
+    def finish_batch(self, batch_id: str, state: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE batches SET state=?, finished=? WHERE batch_id=?", (state, time.time(), batch_id))
+
+    def open_batches(self) -> list[tuple[str, list[str]]]:
+        with self._lock:
+            rows = self._db.execute("SELECT batch_id, keys FROM batches WHERE state='open' ORDER BY created").fetchall()
+        return [(r[0], json.loads(r[1])) for r in rows]
