@@ -238,6 +238,7 @@ class Learner:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.policy.save_pretrained(out_dir)
         self.tokenizer.save_pretrained(out_dir)
+        torch.save(self.optimizer.state_dict(), out_dir / "optimizer.pt")  # resume keeps Adam's moments
         digest = hashlib.sha256()
         for path in sorted(out_dir.glob("*.safetensors")):
             digest.update(path.read_bytes())
