@@ -68,6 +68,10 @@ FORMAT_STRINGS = (*ASSESSOR_KEYS, *INJECTOR_KEYS, *ERROR_TYPES, NO_ERROR_TYPE, N
 
 MAX_REASONING_CHARS = 300
 
+# kwargs for ``tokenizer.apply_chat_template`` in SFT and at inference: Qwen3 then puts an empty
+# ``<think></think>`` block in the prompt and the model answers directly (other templates ignore it).
+CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
+
 Sentences = Sequence[tuple[int, str]]
 
 
