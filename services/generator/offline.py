@@ -39,7 +39,6 @@ _RULES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
     (r"\bbecause of\b", "due to"),
     (r"\bis significant for\b", "is notable for"),
     (r"\bare significant for\b", "are notable for"),
-    (r"\b(?:was|is) admitted to the hospital (for|with)\b", r"is hospitalized \1"),
     (r"\bstates that\b", "reports that"),
     (r"\b(is|are|was|were) started\b", r"\1 initiated"),
     (r"\bthen\b", "subsequently"),
