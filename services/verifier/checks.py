@@ -39,12 +39,14 @@ INJECT_LENGTH = (0.3, 3.0)
 MIN_SENTENCE_CHARS = 3
 
 # Which changed entity kinds make each claimed MEDEC error type plausible.
+# ("term" = a word of the medical vocabulary changed where no whole entity did.)
 TYPE_FITS: dict[str, frozenset[str]] = {
-    "causalOrganism": frozenset({"organism"}),
-    "pharmacotherapy": frozenset({"drug", "quantity", "measurement"}),
-    "diagnosis": frozenset({"disease", "organism", "negation", "laterality"}),
-    "treatment": frozenset({"drug", "procedure", "quantity", "disease"}),
-    "management": frozenset({"procedure", "drug", "quantity", "measurement", "disease", "negation", "laterality"}),
+    "causalOrganism": frozenset({"organism", "term"}),
+    "pharmacotherapy": frozenset({"drug", "quantity", "measurement", "term"}),
+    "diagnosis": frozenset({"disease", "organism", "negation", "laterality", "term"}),
+    "treatment": frozenset({"drug", "procedure", "quantity", "disease", "term"}),
+    "management": frozenset({"procedure", "drug", "quantity", "measurement", "disease", "negation", "laterality",
+                             "term"}),
 }
 # paraphrase check names per entity kind
 PRESERVE_CHECKS = {kind: f"{kind}_preserved" for kind in ENTITY_KINDS}

@@ -14,6 +14,9 @@ Kinds (``ENTITY_KINDS``):
 * ``negation``: the negated facts (``neg:disease:fever``) plus whether the sentence negates at all.
 * ``laterality``: left / right / bilateral / unilateral.
 * ``procedure``: tests, imaging, surgery and other management actions.
+* ``term``: any single word of the medical vocabulary (ICD-10-CM A-T descriptions, drug names) that
+  is not an English stop word: catches "scaphoid" -> "trapezium" or "oligoarticular" -> "systemic",
+  where the whole-entity lexicons see the same head term ("fracture", "arthritis").
 
 All matching is on lower-cased word tokens with compiled regexes and dictionary lookups: no model,
 so a verification takes microseconds.
@@ -28,7 +31,7 @@ from functools import lru_cache
 
 from services.verifier.lexicons import get_lexicon
 
-ENTITY_KINDS = ("drug", "disease", "organism", "quantity", "measurement", "negation", "laterality", "procedure")
+ENTITY_KINDS = ("drug", "disease", "organism", "quantity", "measurement", "negation", "laterality", "procedure", "term")
 
 _WORD_NUMBERS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
@@ -118,31 +121,53 @@ for canon, spellings in {
 }.items():
     for spelling in spellings:
         _LABELS[spelling] = canon
-LABEL = re.compile(r"(?i)(?<![\w+-])(" + "|".join(re.escape(s) for s in sorted(_LABELS, key=len, reverse=True)) + r")(?![\w])")
-
-NEGATION = re.compile(
-    r"(?i)\b(?:no|not|denies|denied|deny|denying|without|negative for|absent|absence of|free of|never|none|"
-    r"neither|nor|cannot|unable to|fails to|failed to|ruled out|rules out)\b|n't\b"
-)
-_SCOPE_END = re.compile(r"(?i)[.;:]|\b(?:but|however|although|though|except|yet|whereas|which)\b")
-LATERALITY = re.compile(r"(?i)\b(left|right|bilateral|bilaterally|unilateral|unilaterally|contralateral|ipsilateral)\b")
-_LATERAL_CANON = {"bilaterally": "bilateral", "unilaterally": "unilateral"}
-PROCEDURE = re.compile(
-    r"(?i)\b(?:\w+(?:ectomy|otomy|ostomy|oscopy|ography|ogram|plasty|pexy|centesis|desis|rrhaphy|graphy)|"
-    r"biops(?:y|ies)|ct(?: scan)?|computed tomography|mri|magnetic resonance imaging|x-rays?|radiographs?|"
-    r"ultrasound|ultrasonography|echocardiogram|ecg|ekg|electrocardiogram|eeg|emg|dialysis|transfusions?|"
-    r"intubation|mechanical ventilation|surgery|surgical \w+|resection|excision|catheterization|cardioversion|"
-    r"defibrillation|stents?|stenting|bypass|grafts?|lumbar puncture|spinal tap|pet scan|cultures?|urinalysis|"
-    r"serology|pcr|titers?|vaccin\w+|immunization|radiation|radiotherapy|chemotherapy|physical therapy|"
-    r"lavage|drainage|debridement|irrigation|splint(?:ing)?|cast|referral|follow-up|observation|admission|"
-    r"counseling|reassurance|monitoring|screening|smear|stain(?:ing)?|aspiration|injection|infusion|"
-    r"immobilization|reduction|fixation|ablation|embolization|thrombolysis|angiography|hysterectomy|"
-    r"cesarean|delivery|induction|amniotomy|cerclage|transplant(?:ation)?|test(?:ing)?)\b"
-)
-_GENUS_BINOMIAL = re.compile(r"\b([A-Z][a-z]+|[A-Z]\.)\s+([a-z]{3,}(?:[ -][a-z]+)?)\b")
-_VIRUS = re.compile(r"(?i)\b(\w+virus(?:es)?|hepatitis [a-e](?: virus)?|herpes (?:simplex|zoster)(?: virus)?|"
-                    r"varicella[- ]zoster(?: virus)?|epstein[- ]barr(?: virus)?|human papillomavirus)\b")
 _TOKEN_SPAN = re.compile(r"[a-z0-9]+")
+
+_LABEL_PHRASES = {" ".join(re.findall(r"[a-z0-9]+", k)): v for k, v in _LABELS.items()}
+_LABEL_MAX = max(len(k.split()) for k in _LABEL_PHRASES)
+
+_NEGATION_WORDS = frozenset("no not denies denied deny denying without absent never none neither nor cannot".split())
+_NEGATION_BIGRAMS = frozenset({"negative for", "absence of", "free of", "ruled out", "rules out", "unable to",
+                               "fails to", "failed to", "rule out"})
+_SCOPE_END_WORDS = frozenset("but however although though except yet whereas which".split())
+_SCOPE_END_PUNCT = re.compile(r"[.;:]")
+_LATERAL = {"left": "left", "right": "right", "bilateral": "bilateral", "bilaterally": "bilateral",
+            "unilateral": "unilateral", "unilaterally": "unilateral", "contralateral": "contralateral",
+            "ipsilateral": "ipsilateral"}
+_PROC_SUFFIXES = ("ectomy", "otomy", "ostomy", "oscopy", "ography", "ogram", "plasty", "pexy", "centesis", "desis",
+                  "rrhaphy", "graphy", "scopy")
+_PROC_WORDS = frozenset(
+    """biopsy biopsies ct mri radiograph radiographs ultrasound ultrasonography echocardiogram ecg ekg
+    electrocardiogram eeg emg dialysis hemodialysis transfusion transfusions intubation intubated reintubated
+    surgery resection excision catheterization cardioversion defibrillation stent stents stenting bypass graft
+    grafts culture cultures urinalysis serology pcr titer titers immunization radiation radiotherapy chemotherapy
+    lavage drainage debridement irrigation splint splinting cast casting referral referred observation admission
+    admitted counseling reassurance reassured monitoring screening smear stain staining aspiration injection
+    infusion immobilization reduction fixation ablation embolization thrombolysis cesarean delivery induction
+    amniotomy cerclage transplant transplantation test testing vaccine vaccination vaccinated hospitalization
+    hospitalized ventilation bipap cpap brace prosthesis repositioning physiotherapy rehabilitation discharge
+    discharged consult consultation ligated ligation suture sutured incision amputation""".split()
+)
+_PROC_PHRASES = frozenset({"x ray", "x rays", "ct scan", "lumbar puncture", "spinal tap", "pet scan", "physical therapy",
+                           "mechanical ventilation", "computed tomography", "magnetic resonance imaging", "follow up",
+                           "plasma exchange", "watchful waiting", "expectant management", "chest tube",
+                           "external cephalic version"})
+_LATIN_ENDINGS = ("ae", "us", "is", "um", "ii", "i", "a", "es", "ans", "ens", "ax", "e", "ei")
+_NOT_SPECIES = frozenset(
+    """species infection infections organism organisms bacteria bacterium isolates isolate strain strains colonies
+    sepsis pneumonia bacteremia endocarditis meningitis colitis cocci bacilli serotype toxin toxins positive
+    negative culture cultures growth grows grew this these those there were have with from that which while
+    infestation vaginosis vaginitis diarrhea enteritis cellulitis abscess osteomyelitis arthritis disease
+    cystitis pyelonephritis urethritis cervicitis keratitis conjunctivitis otitis sinusitis pharyngitis
+    hepatitis encephalitis was are is""".split()
+)
+_KNOWN_ABBREVIATED_SPECIES = frozenset(
+    """coli aureus pneumoniae pyogenes agalactiae difficile gonorrhoeae meningitidis influenzae epidermidis albicans
+    pylori faecalis faecium aeruginosa jirovecii trachomatis pallidum vaginalis lamblia marcescens saprophyticus
+    tuberculosis typhi monocytogenes perfringens botulinum tetani burgdorferi gondii falciparum vivax cholerae
+    jejuni fumigatus neoformans immitis capsulatum viridans mutans bovis gallolyticus acnes mirabilis
+    catarrhalis pertussis henselae israelii""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -185,19 +210,16 @@ def _quantities(text: str) -> list[Entity]:
     return out
 
 
-def _lexicon_entities(text: str) -> list[Entity]:
+def _lexicon_entities(tokens: list[tuple[str, int, int]], terms: dict, prefixes: frozenset) -> list[Entity]:
     """Longest dictionary matches over word tokens (drugs, diseases, organism words)."""
-    lexicon = get_lexicon()
-    lower = text.lower()
-    spans = [(m.group(), m.start(), m.end()) for m in _TOKEN_SPAN.finditer(lower)]
     out: list[Entity] = []
     i = 0
-    terms, prefixes = lexicon.terms, lexicon.prefixes
-    while i < len(spans):
+    n = len(tokens)
+    while i < n:
         best = None
         phrase = ""
-        for j in range(i, min(len(spans), i + 8)):
-            phrase = spans[j][0] if j == i else f"{phrase} {spans[j][0]}"
+        for j in range(i, min(n, i + 8)):
+            phrase = tokens[j][0] if j == i else f"{phrase} {tokens[j][0]}"
             if phrase not in prefixes:
                 break
             hit = terms.get(phrase)
@@ -207,30 +229,33 @@ def _lexicon_entities(text: str) -> list[Entity]:
             i += 1
             continue
         j, (kind, canonical) = best
-        out.append(Entity(kind, canonical, spans[i][1], spans[j][2]))
+        out.append(Entity(kind, canonical, tokens[i][1], tokens[j][2]))
         i = j + 1
     return out
 
 
-def _organisms(text: str, genera: frozenset[str]) -> list[Entity]:
-    out = []
-    for m in _GENUS_BINOMIAL.finditer(text):
-        genus = m.group(1).lower()
-        species = m.group(2).split()[0].split("-")[0]
-        if genus.endswith(".") or genus in genera:
-            if genus.endswith(".") and species in ("coli", "aureus", "pneumoniae", "pyogenes", "agalactiae", "difficile",
-                                                   "gonorrhoeae", "meningitidis", "influenzae", "epidermidis",
-                                                   "albicans", "pylori", "faecalis", "aeruginosa", "jirovecii",
-                                                   "trachomatis", "pallidum", "vaginalis", "lamblia", "marcescens"):
-                out.append(Entity("organism", f"{genus[0]}. {species}", m.start(), m.end()))
-            elif not genus.endswith("."):
-                out.append(Entity("organism", f"{genus[0]}. {species}", m.start(), m.end()))
-    for m in re.finditer(r"\b([A-Z][a-z]+)\b", text):
-        if m.group(1).lower() in genera and not any(e.start <= m.start() < e.end for e in out):
-            out.append(Entity("organism", m.group(1).lower(), m.start(), m.end()))
-    for m in _VIRUS.finditer(text):
-        if not any(e.start <= m.start() < e.end for e in out):
-            out.append(Entity("organism", " ".join(m.group(1).lower().replace("-", " ").split()), m.start(), m.end()))
+def _organisms(text: str, tokens: list[tuple[str, int, int]], genera: frozenset[str]) -> list[Entity]:
+    """Binomials of known genera ("Neisseria gonorrhoeae", "S. aureus"), bare genera and *virus words."""
+    out: list[Entity] = []
+    n = len(tokens)
+    skip_until = -1
+    for i, (word, start, end) in enumerate(tokens):
+        if i <= skip_until:
+            continue
+        nxt = tokens[i + 1] if i + 1 < n else None
+        if word in genera:
+            if (nxt is not None and nxt[0].isalpha() and len(nxt[0]) >= 4 and nxt[0].endswith(_LATIN_ENDINGS)
+                    and nxt[0] not in _NOT_SPECIES and nxt[1] - end <= 2):
+                out.append(Entity("organism", f"{word[0]}. {nxt[0]}", start, nxt[2]))
+                skip_until = i + 1
+            else:
+                out.append(Entity("organism", word, start, end))
+        elif (len(word) == 1 and word.isalpha() and nxt is not None and nxt[0] in _KNOWN_ABBREVIATED_SPECIES
+              and text[end:end + 1] == "." and text[start:end].isupper()):
+            out.append(Entity("organism", f"{word}. {nxt[0]}", start, nxt[2]))
+            skip_until = i + 1
+        elif word.endswith(("virus", "viruses")) and len(word) > 5:
+            out.append(Entity("organism", word[:-2] if word.endswith("viruses") else word, start, end))
     return out
 
 
@@ -239,19 +264,58 @@ def _organism_key(name: str) -> str:
     words = name.lower().split()
     if len(words) == 2 and words[0].rstrip(".").isalpha() and not words[1].startswith("virus") and words[0] not in (
             "herpes", "hepatitis", "measles", "mumps", "rubella", "rabies", "influenza", "zika", "dengue", "ebola",
-            "human", "respiratory", "group"):
+            "human", "respiratory", "group", "parvovirus"):
         return f"{words[0][0]}. {words[1]}"
     return " ".join(words)
 
 
-@lru_cache(maxsize=8192)
+def _measurements(tokens: list[tuple[str, int, int]], quantities: list[Entity], text: str) -> list[Entity]:
+    """Bind each quantity to the nearest vital/lab label before it (no other quantity in between)."""
+    labels: list[tuple[int, int, str]] = []
+    n = len(tokens)
+    i = 0
+    while i < n:
+        hit = None
+        phrase = ""
+        for j in range(i, min(n, i + _LABEL_MAX)):
+            phrase = tokens[j][0] if j == i else f"{phrase} {tokens[j][0]}"
+            canon = _LABEL_PHRASES.get(phrase)
+            if canon is not None:
+                hit = (j, canon)
+        if hit is None:
+            i += 1
+            continue
+        labels.append((tokens[i][1], tokens[hit[0]][2], hit[1]))
+        i = hit[0] + 1
+    out: list[Entity] = []
+    if not labels:
+        return out
+    previous_end = -1
+    for q in quantities:
+        candidates = [lab for lab in labels if previous_end <= lab[0] and lab[1] <= q.start and q.start - lab[1] <= 40]
+        if candidates:
+            label = candidates[-1]
+            out.append(Entity("measurement", f"{label[2]}={q.key}", label[0], q.end))
+        previous_end = q.end
+    return out
+
+
+def _tokens(sentence: str) -> list[tuple[str, int, int]]:
+    lower = sentence.lower()
+    if len(lower) != len(sentence):  # a few Unicode letters change length when lower-cased
+        lower = "".join(c.lower()[:1] or c for c in sentence)
+    return [(m.group(), m.start(), m.end()) for m in _TOKEN_SPAN.finditer(lower)]
+
+
+@lru_cache(maxsize=16384)
 def extract_entities(sentence: str) -> tuple[Entity, ...]:
     """Every clinical fact in one sentence (cached: the same sentence is checked many times)."""
     lexicon = get_lexicon()
+    tokens = _tokens(sentence)
     entities: list[Entity] = []
-    organisms = _organisms(sentence, lexicon.genera)
+    organisms = _organisms(sentence, tokens, lexicon.genera)
     entities.extend(organisms)
-    for e in _lexicon_entities(sentence):
+    for e in _lexicon_entities(tokens, lexicon.terms, lexicon.prefixes):
         if any(o.start <= e.start < o.end or e.start <= o.start < e.end for o in organisms):
             continue  # the binomial already covers it
         if e.kind == "organism":
@@ -259,31 +323,45 @@ def extract_entities(sentence: str) -> tuple[Entity, ...]:
         entities.append(e)
     quantities = _quantities(sentence)
     entities.extend(quantities)
-    # measurement: label + the first quantity after it, with no other label in between
-    labels = [(m.start(), m.end(), _LABELS[m.group(1).lower()]) for m in LABEL.finditer(sentence)]
-    for q in quantities:
-        before = [lab for lab in labels if lab[1] <= q.start and q.start - lab[1] <= 40]
-        if before:
-            label = before[-1]
-            between = sentence[label[1] : q.start]
-            if not any(other.start >= label[1] and other.end <= q.start for other in quantities) and "." not in between.strip(". "):
-                entities.append(Entity("measurement", f"{label[2]}={q.key}", label[0], q.end))
-    for m in LATERALITY.finditer(sentence):
-        word = m.group(1).lower()
-        entities.append(Entity("laterality", _LATERAL_CANON.get(word, word), m.start(), m.end()))
-    for m in PROCEDURE.finditer(sentence):
-        entities.append(Entity("procedure", m.group().lower(), m.start(), m.end()))
-    # negation: the facts inside each cue's scope (to the clause end)
-    facts = [e for e in entities if e.kind in ("drug", "disease", "organism", "procedure")]
-    negated = False
-    for m in NEGATION.finditer(sentence):
-        negated = True
-        end_match = _SCOPE_END.search(sentence, m.end())
-        scope_end = end_match.start() if end_match else len(sentence)
-        for e in facts:
-            if m.end() <= e.start < scope_end:
-                entities.append(Entity("negation", f"neg:{e.kind}:{e.key}", m.start(), e.end))
-    if negated:
+    if quantities:
+        entities.extend(_measurements(tokens, quantities, sentence))
+    vocabulary = lexicon.vocabulary
+    n = len(tokens)
+    cues: list[int] = []  # end offsets of negation cues
+    for i, (word, start, end) in enumerate(tokens):
+        nxt = tokens[i + 1][0] if i + 1 < n else ""
+        bigram = f"{word} {nxt}"
+        if word in _LATERAL:
+            entities.append(Entity("laterality", _LATERAL[word], start, end))
+        if word in _PROC_WORDS or (len(word) > 6 and word.endswith(_PROC_SUFFIXES)):
+            entities.append(Entity("procedure", word, start, end))
+        elif bigram in _PROC_PHRASES:
+            entities.append(Entity("procedure", bigram, start, tokens[i + 1][2]))
+        elif i + 2 < n and f"{bigram} {tokens[i + 2][0]}" in _PROC_PHRASES:
+            entities.append(Entity("procedure", f"{bigram} {tokens[i + 2][0]}", start, tokens[i + 2][2]))
+        if word in _NEGATION_WORDS:
+            cues.append(end)
+        elif bigram in _NEGATION_BIGRAMS:
+            cues.append(tokens[i + 1][2])
+        elif word == "t" and i > 0 and tokens[i - 1][0].endswith("n") and sentence[start - 1:start] in ("'", "\u2019"):
+            cues.append(end)
+        # a medical word, or a capitalised word inside the sentence (eponyms, brands: "Lynch syndrome")
+        if word in vocabulary or (start > 1 and len(word) >= 4 and sentence[start].isupper()
+                                  and sentence[start - 1] == " " and sentence[start - 2] not in ".!?:"):
+            entities.append(Entity("term", word, start, end))
+    if cues:
+        # negation: the facts inside each cue's scope (to the end of the clause)
+        facts = [e for e in entities if e.kind in ("drug", "disease", "organism", "procedure")]
+        for cue_end in cues:
+            punct = _SCOPE_END_PUNCT.search(sentence, cue_end)
+            scope_end = punct.start() if punct else len(sentence)
+            for word, start, _end in tokens:
+                if cue_end <= start < scope_end and word in _SCOPE_END_WORDS:
+                    scope_end = start
+                    break
+            for e in facts:
+                if cue_end <= e.start < scope_end:
+                    entities.append(Entity("negation", f"neg:{e.kind}:{e.key}", cue_end, e.end))
         entities.append(Entity("negation", "negated", 0, 0))
     return tuple(entities)
 

@@ -17,6 +17,7 @@ package versions, so a second process starts in a fraction of a second.
 
 from __future__ import annotations
 
+import ast
 import bz2
 import hashlib
 import importlib.metadata
@@ -65,6 +66,19 @@ DISEASE_STOPWORDS = frozenset(
 _LEADING_MODIFIERS = frozenset(
     """other unspecified essential primary secondary acute chronic subacute recurrent mild moderate severe
     unilateral bilateral left right generalized localized simple complicated""".split()
+)
+# clinical-prose words that occur in ICD-10-CM descriptions but carry no fact of their own
+_COMMON_WORDS = frozenset(
+    """with without from into than then also only more less most least very much many each every after before
+    during while since until about above below under over between among within upon shows showed reveals
+    revealed presents presented present patient patients person history examination exam report reports reported
+    noted note notes finding findings result results given started start treated treatment therapy diagnosed
+    diagnosis suspected suspect likely possible probably recommended recommend performed perform ordered order
+    administered administer begun began initiated continued continue weeks week days months years hours year
+    month hour time times first second third last next prior previous recent recently current currently
+    following follow associated associate other unspecified specified certain part body side sided region area
+    areas level levels type types degree stage stages due caused cause causes effect effects without
+    initial subsequent encounter sequela""".split()
 )
 _HEAD_SPLIT = re.compile(r",| with | without | due to | in | of | and | or | from | following | associated | as | by ")
 
@@ -117,7 +131,10 @@ ORGANISM_WORDS = {
     "rabies": "rabies virus", "varicella": "varicella-zoster virus", "parvovirus": "parvovirus b19", "norovirus": "norovirus",
     "rotavirus": "rotavirus", "adenovirus": "adenovirus", "rhinovirus": "rhinovirus", "coronavirus": "coronavirus",
     "enterovirus": "enterovirus", "coxsackievirus": "coxsackievirus", "hantavirus": "hantavirus", "poliovirus": "poliovirus",
-    "sars-cov-2": "sars-cov-2", "zika": "zika virus", "dengue": "dengue virus", "ebola": "ebola virus",
+    "sars-cov-2": "sars-cov-2", "herpes simplex virus": "herpes simplex virus", "herpes simplex": "herpes simplex virus",
+    "epstein-barr virus": "epstein-barr virus", "varicella zoster virus": "varicella-zoster virus",
+    "human papillomavirus": "human papillomavirus", "parainfluenza virus": "parainfluenza virus",
+    "respiratory syncytial virus": "respiratory syncytial virus", "group b streptococcus": "group b streptococcus", "zika": "zika virus", "dengue": "dengue virus", "ebola": "ebola virus",
 }
 
 
@@ -128,6 +145,7 @@ class Lexicon:
     terms: dict[str, tuple[str, str]] = field(default_factory=dict)  # "tok tok" -> (kind, canonical)
     prefixes: frozenset[str] = frozenset()  # every token prefix of a term, for early stop
     genera: frozenset[str] = PATHOGEN_GENERA
+    vocabulary: frozenset[str] = frozenset()  # single medical words (for "a clinical term changed")
     sources: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
 
@@ -192,16 +210,44 @@ def disease_heads(description: str) -> list[str]:
             and len(t.split()) <= MAX_TERM_TOKENS and not t.isdigit()]
 
 
-def load_disease_terms() -> dict[str, str]:
-    """Disease term -> canonical (the term itself), from ICD-10-CM descriptions and inclusion terms."""
+def package_stopwords() -> frozenset[str]:
+    """The English/company stop words drug-named-entity-recognition itself filters its matches with.
+
+    Read from its source with ``ast`` (importing the package would build its n-gram index)."""
+    path = _package_dir("drug_named_entity_recognition") / "util.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "stopwords" for t in node.targets):
+            return frozenset(str(w).lower() for w in ast.literal_eval(node.value))
+    return frozenset()
+
+
+# ICD-10-CM chapters of everyday words, not clinical findings: external causes (V-Y), health-status
+# factors (Z) and special codes (U)
+_SKIPPED_CODE_LETTERS = frozenset("VWXYZU")
+
+
+def load_disease_terms() -> tuple[dict[str, str], set[str]]:
+    """Disease term -> canonical (the term itself), from ICD-10-CM descriptions and inclusion terms of
+    chapters A-T, and the vocabulary (single words) of those descriptions."""
     out: dict[str, str] = {}
+    vocabulary: set[str] = set()
+    code = ""
     for _event, node in ET.iterparse(_icd_xml(), events=("end",)):
+        if node.tag == "name" and node.text:
+            code = node.text.strip()
+            continue
+        if code[:1] in _SKIPPED_CODE_LETTERS or code[:1].isdigit():
+            if node.tag == "diag":
+                node.clear()
+            continue
         texts: list[str] = []
         if node.tag == "desc" and node.text:
             texts.append(node.text)
         elif node.tag == "inclusionTerm":
             texts.extend(n.text for n in node.iter("note") if n.text)
         for text in texts:
+            vocabulary.update(TOKEN.findall(text.lower()))
             for term in disease_heads(text):
                 out.setdefault(term, term)
         if node.tag == "diag":
@@ -209,12 +255,18 @@ def load_disease_terms() -> dict[str, str]:
     for abbreviation, canonical in CLINICAL_ABBREVIATIONS.items():
         if canonical:
             out[abbreviation] = canonical
-    return out
+    return out, vocabulary
 
 
 def build_lexicon() -> Lexicon:
-    drugs = load_drug_terms()
-    diseases = load_disease_terms()
+    stop = package_stopwords()
+    drugs = {k: v for k, v in load_drug_terms().items() if k not in stop}
+    diseases, icd_words = load_disease_terms()
+    diseases = {k: v for k, v in diseases.items() if k not in stop}
+    # medical vocabulary: words of ICD-10-CM (A-T) and drug names that are not English stop words;
+    # a changed word from it is a changed clinical term even when no whole entity matched
+    vocabulary = {w for w in icd_words | {t for term in drugs for t in term.split()}
+                  if len(w) >= 4 and not w.isdigit() and w not in stop and w not in _COMMON_WORDS}
     terms: dict[str, tuple[str, str]] = {}
     for term, canonical in diseases.items():
         terms[term] = ("disease", canonical)
@@ -231,12 +283,14 @@ def build_lexicon() -> Lexicon:
     return Lexicon(
         terms=terms,
         prefixes=frozenset(prefixes),
+        vocabulary=frozenset(vocabulary),
         sources={
             "drug": f"drug-named-entity-recognition=={_version('drug-named-entity-recognition')}",
             "disease": f"simple-icd-10-cm=={_version('simple-icd-10-cm')} ({_icd_xml().name}) + {len(CLINICAL_ABBREVIATIONS)} abbreviations",
             "organism": f"{len(PATHOGEN_GENERA)} pathogen genera + {len(ORGANISM_WORDS)} virus/pathogen names",
         },
-        sizes={"drug_terms": len(drugs), "disease_terms": len(diseases), "genera": len(PATHOGEN_GENERA),
+        sizes={"drug_terms": len(drugs), "disease_terms": len(diseases), "medical_words": len(vocabulary),
+               "genera": len(PATHOGEN_GENERA),
                "organism_words": len(ORGANISM_WORDS)},
     )
 
