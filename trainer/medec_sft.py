@@ -85,7 +85,16 @@ def medec_sft_records(
                 error_sentence = dict(sentences)[error_id]
                 source = [(sid, corrected if sid == error_id else text) for sid, text in sentences]
                 records.append(
-                    _record("INCORRECT", note_id, source, sentences, error_id, corrected, error_sentence, error_type)
+                    _record(
+                        "INCORRECT",
+                        note_id,
+                        source,
+                        sentences,
+                        error_id,
+                        corrected,
+                        error_sentence,
+                        error_type,
+                    )
                 )
             elif flag == "0":
                 changed = ids[_pick(note_id, len(ids), seed)]

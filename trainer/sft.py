@@ -31,7 +31,14 @@ QWEN3_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 ROLE_CHOICES = ("assessor", "injector", "both")
 RUN_INFO_FILE = "medserl_sft.json"
 METRICS_FILE = "metrics.jsonl"
-REQUIRED_FIELDS = ("kind", "note_sentences", "source_sentences", "changed_sentence_id", "original_sentence", "new_sentence")
+REQUIRED_FIELDS = (
+    "kind",
+    "note_sentences",
+    "source_sentences",
+    "changed_sentence_id",
+    "original_sentence",
+    "new_sentence",
+)
 
 
 class SFTError(ValueError):
@@ -194,7 +201,10 @@ def sft_examples(records: list[dict], role: str) -> list[dict]:
 
 def chat_length(tokenizer, example: dict) -> int:
     encoded = tokenizer.apply_chat_template(
-        example["prompt"] + example["completion"], tokenize=True, return_dict=True, **example["chat_template_kwargs"]
+        example["prompt"] + example["completion"],
+        tokenize=True,
+        return_dict=True,
+        **example["chat_template_kwargs"],
     )
     return len(encoded["input_ids"])
 
@@ -275,11 +285,18 @@ def build_trainer(config: SFTRunConfig) -> PreparedRun:
     device, dtype = resolve_device(config.device)
     model, tokenizer = load_model_and_tokenizer(config.model_name, dtype)
 
-    train_examples, dropped = drop_too_long(tokenizer, sft_examples(train_records, config.role), config.max_length)
-    eval_examples, dropped_eval = drop_too_long(tokenizer, sft_examples(eval_records, config.role), config.max_length)
+    train_examples, dropped = drop_too_long(
+        tokenizer, sft_examples(train_records, config.role), config.max_length
+    )
+    eval_examples, dropped_eval = drop_too_long(
+        tokenizer, sft_examples(eval_records, config.role), config.max_length
+    )
     dropped += dropped_eval
     if dropped:
-        log.warning("dropped chats longer than max_length", extra={"dropped": dropped, "max_length": config.max_length})
+        log.warning(
+            "dropped chats longer than max_length",
+            extra={"dropped": dropped, "max_length": config.max_length},
+        )
     if not train_examples:
         raise SFTError(f"no training chat fits max_length={config.max_length} tokens")
 
@@ -336,7 +353,15 @@ def build_trainer(config: SFTRunConfig) -> PreparedRun:
         callbacks=callbacks,
     )
     return PreparedRun(
-        trainer, tokenizer, device, dtype, len(train_examples), len(eval_examples), dropped, metrics_file, stopper
+        trainer,
+        tokenizer,
+        device,
+        dtype,
+        len(train_examples),
+        len(eval_examples),
+        dropped,
+        metrics_file,
+        stopper,
     )
 
 
@@ -357,7 +382,10 @@ def run_sft(config: SFTRunConfig) -> SFTResult:
     if config.resume:
         resume_from = last_checkpoint(config.save_path)
         if resume_from is None:
-            log.warning("resume asked for but no checkpoint found; starting fresh", extra={"save_path": config.save_path})
+            log.warning(
+                "resume asked for but no checkpoint found; starting fresh",
+                extra={"save_path": config.save_path},
+            )
         else:
             log.info("resuming", extra={"checkpoint": resume_from})
     server, port = start_metrics_server(config.metrics_port)
@@ -375,7 +403,9 @@ def run_sft(config: SFTRunConfig) -> SFTResult:
     history = trainer.state.log_history
     result = SFTResult(
         save_path=str(config.save_path),
-        loss_curve=[(int(h["step"]), float(h["loss"])) for h in history if "loss" in h and math.isfinite(h["loss"])],
+        loss_curve=[
+            (int(h["step"]), float(h["loss"])) for h in history if "loss" in h and math.isfinite(h["loss"])
+        ],
         eval_curve=[(int(h["step"]), float(h["eval_loss"])) for h in history if "eval_loss" in h],
         global_step=int(trainer.state.global_step),
         train_seconds=train_seconds,
@@ -389,7 +419,11 @@ def run_sft(config: SFTRunConfig) -> SFTResult:
         metrics_port=port,
         extra={"resumed_from": resume_from},
     )
-    info = {"config": _jsonable(asdict(config)), "format_version": formats.FORMAT_VERSION, "result": asdict(result)}
+    info = {
+        "config": _jsonable(asdict(config)),
+        "format_version": formats.FORMAT_VERSION,
+        "result": asdict(result),
+    }
     (Path(config.save_path) / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return result
 

@@ -72,7 +72,11 @@ class TelemetryCallback(TrainerCallback):
         if not isinstance(total_tokens, (int, float)):
             return None
         rate = None
-        if self._last_tokens is not None and self._last_time is not None and total_tokens >= self._last_tokens:
+        if (
+            self._last_tokens is not None
+            and self._last_time is not None
+            and total_tokens >= self._last_tokens
+        ):
             elapsed = now - self._last_time
             if elapsed > 0:
                 rate = (total_tokens - self._last_tokens) / elapsed

@@ -84,7 +84,9 @@ def demo_texts() -> list[str]:
     try:
         from services.common.medec import demo_csv_path
     except ImportError as exc:  # pragma: no cover - only before the data module exists
-        raise RuntimeError("the demo set is not available (services.common.medec); pass texts or --medec-dir") from exc
+        raise RuntimeError(
+            "the demo set is not available (services.common.medec); pass texts or --medec-dir"
+        ) from exc
     return read_note_texts(demo_csv_path())
 
 
@@ -181,7 +183,10 @@ def build_tiny_model(
         "spec": asdict(spec),
     }
     (out / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    log.info("tiny model built", extra={"out_dir": str(out), **{k: info[k] for k in ("num_parameters", "vocab_size")}})
+    log.info(
+        "tiny model built",
+        extra={"out_dir": str(out), **{k: info[k] for k in ("num_parameters", "vocab_size")}},
+    )
     return out
 
 

@@ -61,5 +61,7 @@ def run_info(args: argparse.Namespace) -> int:
         size = model_size(args.path)
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot read a model from {args.path}: {exc}") from exc
-    print(f"{args.path}: parameters {size['parameters']}, vocab {size['vocab_size']}, {size['weights_mb']} MB")
+    print(
+        f"{args.path}: parameters {size['parameters']}, vocab {size['vocab_size']}, {size['weights_mb']} MB"
+    )
     return 0

@@ -257,7 +257,9 @@ def parse_assessor_output(text: str, num_sentences: int | None = None) -> Assess
     try:
         return _parse_assessor(text, num_sentences)
     except Exception as exc:  # a parser bug must not take a service down
-        return ParseFailure(f"parser error: {type(exc).__name__}", text if isinstance(text, str) else repr(text))
+        return ParseFailure(
+            f"parser error: {type(exc).__name__}", text if isinstance(text, str) else repr(text)
+        )
 
 
 def _parse_assessor(text: str, num_sentences: int | None) -> AssessorOutput | ParseFailure:
@@ -280,9 +282,13 @@ def _parse_assessor(text: str, num_sentences: int | None) -> AssessorOutput | Pa
         return ParseFailure("error_flag is 1 but error_sentence_id is missing", text)
     sentence_id = _parse_int(fields["error_sentence_id"])
     if sentence_id is None or sentence_id < 0:
-        return ParseFailure(f"error_sentence_id is not a sentence number: {fields['error_sentence_id'][:40]!r}", text)
+        return ParseFailure(
+            f"error_sentence_id is not a sentence number: {fields['error_sentence_id'][:40]!r}", text
+        )
     if num_sentences is not None and sentence_id >= num_sentences:
-        return ParseFailure(f"error_sentence_id {sentence_id} is not in the note (0..{num_sentences - 1})", text)
+        return ParseFailure(
+            f"error_sentence_id {sentence_id} is not in the note (0..{num_sentences - 1})", text
+        )
     if "corrected_sentence" not in fields:
         return ParseFailure("error_flag is 1 but corrected_sentence is missing (truncated?)", text)
     corrected = fields["corrected_sentence"]
@@ -294,7 +300,9 @@ def parse_injector_edit(text: str) -> InjectorEdit | ParseFailure:
     try:
         return _parse_injector(text)
     except Exception as exc:  # a parser bug must not take a service down
-        return ParseFailure(f"parser error: {type(exc).__name__}", text if isinstance(text, str) else repr(text))
+        return ParseFailure(
+            f"parser error: {type(exc).__name__}", text if isinstance(text, str) else repr(text)
+        )
 
 
 def _parse_injector(text: str) -> InjectorEdit | ParseFailure:
@@ -321,7 +329,9 @@ def _parse_injector(text: str) -> InjectorEdit | ParseFailure:
     elif raw_type.lower() in _TYPES_BY_LOWER:
         error_type = _TYPES_BY_LOWER[raw_type.lower()]
     else:
-        return ParseFailure(f"unknown error_type {raw_type[:40]!r}; expected one of {ERROR_TYPES} or none", text)
+        return ParseFailure(
+            f"unknown error_type {raw_type[:40]!r}; expected one of {ERROR_TYPES} or none", text
+        )
     return InjectorEdit(sentence_id, new_sentence, error_type, fields.get("reasoning", ""))
 
 
@@ -333,7 +343,9 @@ def apply_edit(sentences: Sentences, edit: InjectorEdit) -> list[tuple[int, str]
             f"sentence_id {edit.sentence_id} is not in the note ({len(ids)} sentences)",
             render_injector_edit(edit),
         )
-    return [(int(sid), edit.new_sentence if int(sid) == edit.sentence_id else text) for sid, text in sentences]
+    return [
+        (int(sid), edit.new_sentence if int(sid) == edit.sentence_id else text) for sid, text in sentences
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
