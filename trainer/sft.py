@@ -272,7 +272,7 @@ class PreparedRun:
     stopper: object | None
 
 
-def build_trainer(config: SFTRunConfig) -> PreparedRun:
+def build_trainer(config: SFTRunConfig, extra_callbacks: list | None = None) -> PreparedRun:
     """Everything up to ``trainer.train()``: data, model, TRL config, callbacks."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -338,7 +338,7 @@ def build_trainer(config: SFTRunConfig) -> PreparedRun:
         dataset_num_proc=None,
     )
     metrics_file = save_path / METRICS_FILE
-    callbacks = [TelemetryCallback(metrics_file, phase="sft")]
+    callbacks = [TelemetryCallback(metrics_file, phase="sft"), *(extra_callbacks or [])]
     stopper = None
     if config.stop_after_steps:
         stopper = StopAfterSteps(config.stop_after_steps)
@@ -372,11 +372,14 @@ def last_checkpoint(save_path: str | os.PathLike) -> str | None:
     return get_last_checkpoint(str(path)) if path.is_dir() else None
 
 
-def run_sft(config: SFTRunConfig) -> SFTResult:
-    """Train (or resume), save the model/adapter to ``save_path``, return the loss curves."""
+def run_sft(config: SFTRunConfig, extra_callbacks: list | None = None) -> SFTResult:
+    """Train (or resume), save the model/adapter to ``save_path``, return the loss curves.
+
+    ``extra_callbacks``: more ``transformers.TrainerCallback``s (e.g. a pipeline's own progress).
+    """
     from trainer.telemetry import start_metrics_server
 
-    prepared = build_trainer(config)
+    prepared = build_trainer(config, extra_callbacks)
     trainer = prepared.trainer
     resume_from = None
     if config.resume:

@@ -34,7 +34,8 @@ Injector (one edited sentence)::
     reasoning: doxycycline is contraindicated in a child this young.
 
 ``error_type`` is one of ``ERROR_TYPES`` or ``none`` (paraphrase mode); ``reasoning`` may be empty.
-Values are single lines (newlines inside a value are rendered as spaces).
+Values are single lines: a line break inside a value (MEDEC has a few corrected sentences with
+blank lines in them) is rendered as one space, and the SFT targets are normalised the same way.
 
 Why this layout: a 2-layer CPU model learns a fixed four-line key/value layout in a few hundred
 steps, and Qwen3-4B follows it reliably from the instructions alone; it needs no JSON escaping (notes
@@ -135,13 +136,17 @@ INJECTOR_SYSTEM = (
 )
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split("\n")).replace("\r", " ").strip()
+_LINE_BREAKS = re.compile(r"[ \t]*[\r\n][\s]*")
+
+
+def one_line(text: str) -> str:
+    """Values are single lines: a line break (and the blanks around it) becomes one space."""
+    return _LINE_BREAKS.sub(" ", text).strip()
 
 
 def render_note(sentences: Sentences) -> str:
     """Numbered sentences, one per line: ``[<id>] <sentence>``."""
-    return "\n".join(f"[{int(sid)}] {_one_line(str(text))}" for sid, text in sentences)
+    return "\n".join(f"[{int(sid)}] {one_line(str(text))}" for sid, text in sentences)
 
 
 def assessor_messages(sentences: Sentences) -> list[dict]:
@@ -165,16 +170,16 @@ def injector_messages(sentences: Sentences, mode: str) -> list[dict]:
 def render_assessor_output(out: AssessorOutput) -> str:
     if not out.error_flag:
         return f"error_flag: 0\nerror_sentence_id: -1\ncorrected_sentence: {NA}"
-    corrected = _one_line(out.corrected_sentence) if out.corrected_sentence else NA
+    corrected = one_line(out.corrected_sentence) if out.corrected_sentence else NA
     return f"error_flag: 1\nerror_sentence_id: {int(out.sentence_id)}\ncorrected_sentence: {corrected}"
 
 
 def render_injector_edit(edit: InjectorEdit) -> str:
     error_type = edit.error_type or NO_ERROR_TYPE
-    reasoning = _one_line(edit.reasoning or "")
+    reasoning = one_line(edit.reasoning or "")
     return (
         f"sentence_id: {int(edit.sentence_id)}\n"
-        f"new_sentence: {_one_line(edit.new_sentence)}\n"
+        f"new_sentence: {one_line(edit.new_sentence)}\n"
         f"error_type: {error_type}\n"
         f"reasoning: {reasoning}".rstrip()
     )
@@ -366,7 +371,7 @@ def short_reasoning(reasoning: dict | str | None, limit: int = MAX_REASONING_CHA
         text = str(reasoning.get("why_wrong") or "")
         if not text and reasoning.get("wrong_finding") and reasoning.get("right_finding"):
             text = f"{reasoning['right_finding']} was changed to {reasoning['wrong_finding']}"
-    text = _one_line(text)
+    text = one_line(text)
     if len(text) > limit:
         cut = text[:limit]
         text = (cut[: cut.rfind(" ")] if " " in cut else cut).rstrip(" ,;:") + "..."
@@ -377,7 +382,9 @@ def assessor_target(record: dict) -> AssessorOutput:
     """The MEDEC verdict an SFT record teaches (CORRECT: no error; INCORRECT: the original back)."""
     if record["kind"] == "CORRECT":
         return AssessorOutput(False, -1, None)
-    return AssessorOutput(True, int(record["changed_sentence_id"]), str(record["original_sentence"]))
+    return AssessorOutput(
+        True, int(record["changed_sentence_id"]), one_line(str(record["original_sentence"]))
+    )
 
 
 def injector_target(record: dict) -> InjectorEdit:
@@ -385,7 +392,7 @@ def injector_target(record: dict) -> InjectorEdit:
     error_type = record.get("error_type") if record["kind"] == "INCORRECT" else None
     return InjectorEdit(
         int(record["changed_sentence_id"]),
-        _one_line(str(record["new_sentence"])),
+        one_line(str(record["new_sentence"])),
         error_type or None,
         short_reasoning(record.get("reasoning")),
     )
