@@ -63,6 +63,7 @@ class FakeConfig:
     faults: dict[str, float] = field(default_factory=dict)
     timeout_sleep_s: float = 2.0  # how long a "timeout" fault holds the answer back
     batch_delay_s: float = 0.2
+    cache_min_tokens: int = 1024  # prompt caching starts at this many tokens (OpenAI: 1024)
     seed: int = 0
     model: str = "gpt-4o-2024-08-06"
 
@@ -219,7 +220,7 @@ class FakeOpenAI:
         for i in range(0, len(tokens) - len(tokens) % 128, 128):
             digest.update("\x00".join(tokens[i:i + 128]).encode())
             end = i + 128
-            if end >= 1024:
+            if end >= self.config.cache_min_tokens:
                 boundaries.append((end, digest.copy().hexdigest()))
         with self._lock:
             for end, h in boundaries:
