@@ -226,7 +226,7 @@ def _samples(state: FakeVllmState, prompt_ids: list[int], model: str, n: int, ma
     return [(c.token_ids, c.logprobs, c.finish_reason) for c in completions]
 
 
-def main() -> None:
+def main() -> None:  # pragma: no cover - manual use
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="tiny model folder (tokenizer and weights)")
     parser.add_argument("--served-name", help="model name clients must send (default: the folder path)")
@@ -239,3 +239,17 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def make_lora_adapter(model_dir: str | Path, out_dir: str | Path, seed: int = 1) -> Path:
+    """A LoRA adapter for the tiny model with random (non-zero) weights, so loading it changes outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(out_dir)
+    return Path(out_dir)

@@ -91,10 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_assessor(args: argparse.Namespace, reference) -> int:
-    from services.assessor.evaluate import assess_reference
-
     from medserl.cli import CliError
     from services.assessor import mediqa_eval as me
+    from services.assessor.evaluate import assess_reference
     from services.common.settings import SettingsError, parse_set_flags
 
     try:

@@ -80,7 +80,7 @@ def load_reference(path: str | Path) -> list[ReferenceRow]:
     path = Path(path)
     if not path.is_file():
         raise EvalInputError(f"reference CSV not found: {path}")
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in REFERENCE_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:

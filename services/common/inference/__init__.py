@@ -248,31 +248,45 @@ class TransformersBackend(InferenceBackend):
 
     # --- policy updates ---------------------------------------------------------------------------
     def load_policy(self, version: int, checkpoint_uri: str, kind: str = "lora") -> None:
+        """Swap in a new version: full weights, or a LoRA adapter on the base (the previous one is deleted)."""
         from transformers import AutoModelForCausalLM
 
         path = local_path(checkpoint_uri)
+        if kind not in ("lora", "full"):
+            raise PolicyUpdateError(f"unknown policy kind {kind!r}: use 'lora' or 'full'")
         try:
             if kind == "full":
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=self._dtype).to(self.device).eval()
                 with self._lock:
                     self.model, self._adapter = model, None
-            elif kind == "lora":
-                name = f"policy-v{version}"
-                with self._lock:
-                    previous = self._adapter
-                    self.model.load_adapter(str(path), adapter_name=name)
-                    self.model.set_adapter(name)
-                    self._adapter = name
-                    if previous and previous != name:
-                        self.model.delete_adapter(previous)
-                    self.model.eval()
             else:
-                raise PolicyUpdateError(f"unknown policy kind {kind!r}: use 'lora' or 'full'")
-        except PolicyUpdateError:
-            raise
+                self._load_lora(path, f"policy-v{version}")
         except Exception as exc:  # noqa: BLE001 - any load failure keeps the old weights
             raise PolicyUpdateError(f"could not load {kind} checkpoint {path}: {type(exc).__name__}: {exc}") from exc
         self._hash = checkpoint_sha256(path)
+
+    def _load_lora(self, path: Path, name: str) -> None:
+        from peft import PeftModel
+
+        with self._lock:
+            previous = self._adapter
+            if previous is None or not isinstance(self.model, PeftModel):
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).to(self.device).eval()
+            else:
+                if name == previous:
+                    self.model.delete_adapter(previous)  # the same version re-published: reload its weights
+                    previous = None
+                try:
+                    self.model.load_adapter(str(path), adapter_name=name)
+                    self.model.set_adapter(name)
+                except Exception:
+                    if name in self.model.peft_config and name != previous:
+                        self.model.delete_adapter(name)
+                    raise
+                if previous and previous != name:
+                    self.model.delete_adapter(previous)
+                self.model.eval()
+            self._adapter = name
 
     # --- generation -------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Completion]:
