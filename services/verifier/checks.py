@@ -14,6 +14,9 @@
 * ``inject`` (an error rollout): exactly one sentence changed, at least one clinical fact was
   added, removed or swapped in it, and the claimed error type fits what changed.
 
+In ``paraphrase`` and ``inject`` mode a non-negative ``error_sentence_id`` is the id the edit claims
+to have changed (``changed_id_matches_claim``); an id outside the note is a bad request.
+
 Why named checks: the SFT report shows pass rates per check, and the RL gate tells the learner why a
 rollout was rejected.
 """
@@ -183,6 +186,14 @@ def verify(mode: str, original: list[tuple[int, str]], modified: list[tuple[int,
         changed = _diff_checks(original, modified, checks)
         result.changed_sentence_ids = changed
         orig, mod = dict(original), dict(modified)
+        if error_sentence_id is not None and error_sentence_id >= 0:
+            # the id the edit claims to change (the reward is computed on it): must be the one changed
+            if error_sentence_id not in orig:
+                raise VerifyInputError(f"claimed sentence id {error_sentence_id} is not in the note "
+                                       f"(ids {min(orig)}..{max(orig)})")
+            ok = changed == [error_sentence_id]
+            checks.append(CheckResult("changed_id_matches_claim", ok, f"sentence {error_sentence_id} changed" if ok
+                                      else f"claimed {error_sentence_id}, changed {changed[:20]}"))
         target = changed[0] if changed and changed[0] in orig and changed[0] in mod else None
         before = orig.get(target, "") if target is not None else ""
         after = mod.get(target, "") if target is not None else ""

@@ -14,9 +14,9 @@ Kinds (``ENTITY_KINDS``):
 * ``negation``: the negated facts (``neg:disease:fever``) plus whether the sentence negates at all.
 * ``laterality``: left / right / bilateral / unilateral.
 * ``procedure``: tests, imaging, surgery and other management actions.
-* ``term``: any single word of the medical vocabulary (ICD-10-CM A-T descriptions, drug names) that
-  is not an English stop word: catches "scaphoid" -> "trapezium" or "oligoarticular" -> "systemic",
-  where the whole-entity lexicons see the same head term ("fracture", "arthritis").
+* ``term``: a word of the medical vocabulary (ICD-10-CM A-T descriptions and drug names, less
+  English stop words and general clinical-prose words): catches "scaphoid" -> "trapezium" or
+  "oligoarticular" -> "systemic", where the whole-entity lexicons see the same head ("fracture").
 
 All matching is on lower-cased word tokens with compiled regexes and dictionary lookups: no model,
 so a verification takes microseconds.
@@ -300,6 +300,21 @@ def _measurements(tokens: list[tuple[str, int, int]], quantities: list[Entity], 
     return out
 
 
+def _terms(sentence: str, tokens: list[tuple[str, int, int]], entities: list[Entity],
+           vocabulary: frozenset[str]) -> list[Entity]:
+    """Medical words: the modifiers that make a diagnosis or a procedure what it is ("scaphoid fracture",
+    "oligoarticular arthritis", "radical orchiectomy"). Words inside a drug, organism or laterality
+    mention are those kinds' business (a brand and its generic are one drug)."""
+    excluded = [(e.start, e.end) for e in entities if e.kind in ("drug", "organism", "laterality")]
+    out = []
+    for word, start, end in tokens:
+        eponym = (start > 1 and len(word) >= 4 and sentence[start].isupper() and sentence[start - 1] == " "
+                  and sentence[start - 2] not in ".!?:")
+        if (word in vocabulary or eponym) and not any(a <= start < b for a, b in excluded):
+            out.append(Entity("term", word, start, end))
+    return out
+
+
 def _tokens(sentence: str) -> list[tuple[str, int, int]]:
     lower = sentence.lower()
     if len(lower) != len(sentence):  # a few Unicode letters change length when lower-cased
@@ -345,10 +360,7 @@ def extract_entities(sentence: str) -> tuple[Entity, ...]:
             cues.append(tokens[i + 1][2])
         elif word == "t" and i > 0 and tokens[i - 1][0].endswith("n") and sentence[start - 1:start] in ("'", "\u2019"):
             cues.append(end)
-        # a medical word, or a capitalised word inside the sentence (eponyms, brands: "Lynch syndrome")
-        if word in vocabulary or (start > 1 and len(word) >= 4 and sentence[start].isupper()
-                                  and sentence[start - 1] == " " and sentence[start - 2] not in ".!?:"):
-            entities.append(Entity("term", word, start, end))
+    entities.extend(_terms(sentence, tokens, entities, vocabulary))
     if cues:
         # negation: the facts inside each cue's scope (to the end of the clause)
         facts = [e for e in entities if e.kind in ("drug", "disease", "organism", "procedure")]

@@ -78,7 +78,17 @@ _COMMON_WORDS = frozenset(
     month hour time times first second third last next prior previous recent recently current currently
     following follow associated associate other unspecified specified certain part body side sided region area
     areas level levels type types degree stage stages due caused cause causes effect effects without
-    initial subsequent encounter sequela""".split()
+    initial subsequent encounter sequela past woman women physical emergency normal medications medication
+    abnormalities abnormality signs vital laboratory studies study mother father daily symptoms symptom care
+    minutes significant family multiple says said male female illness test tests period difficulty night child
+    children disorder based hospital seen similar regular found uses used work like feeling felt addition
+    daughter son change changes taken including appropriate usual condition best repeat evidence problems
+    problem activity approximately personal stable major complete small large total size born tall morning
+    trip episode episodes presentation affect control maintenance limited half poor short equal index
+    differential frequency term image images imaging photograph shown figure aged smoking smoke smoked drug
+    drugs status range sounds department emergency physician doctor clinic office visit visits home school
+    work worker daily weekly monthly several various because since there these those would could should
+    however although""".split()
 )
 _HEAD_SPLIT = re.compile(r",| with | without | due to | in | of | and | or | from | following | associated | as | by ")
 

@@ -1,0 +1,283 @@
+"""The verifier service: gRPC ``medserl.v1.Verifier`` and two Kafka workers.
+
+* ``sft.candidates`` (SftExample) -> ``sft.verified`` | ``sft.rejected``, the report in ``verification``.
+* ``rollouts.generated`` (Rollout):
+  - the injector could not parse its own completion (``reward.outcome == "unparseable"``): forwarded
+    unchanged as a ScoredRollout to ``rollouts.scored`` (the learner must still see it);
+  - verified: ``rollouts.verified`` with ``verification`` set (on to the assessor);
+  - rejected: ``verification`` set, ``reward = gate_reward(parsed=True, verified=False)`` and
+    published as a ScoredRollout to ``rollouts.scored`` (skips the assessor).
+
+Bad input (empty note, an oversized note, invalid UTF-8, ids out of range, a note with no sentences,
+an unknown mode) is INVALID_ARGUMENT with the reason over gRPC and a dead letter with the reason over
+Kafka; the service keeps serving. The reason never contains note text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from medserl.v1 import messages_pb2 as pb
+from medserl.v1 import verifier_pb2
+from services.common import metrics, topics
+from services.common.bus import Bus
+from services.common.reward import UNPARSEABLE, gate_reward
+from services.common.runtime import GrpcBinding, Service
+from services.common.segment import number_sentences
+from services.common.settings import ServiceSettings
+from services.common.worker import InvalidInput, Output, StreamWorker, per_message
+from services.verifier.checks import (
+    MAX_NOTE_CHARS,
+    PROTO_TO_MODE,
+    VerificationResult,
+    VerifyInputError,
+    verify,
+)
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "medserl.v1.Verifier"
+
+
+@dataclass
+class VerifierSettings(ServiceSettings):
+    grpc_port: int = 50052
+    metrics_port: int = 9102
+    # prepared pairs.jsonl: lets medec_incorrect examples be checked byte-for-byte against MEDEC
+    pairs_path: str = ""
+    # appended to every topic this service reads or writes (isolated test runs, tenants)
+    topic_suffix: str = ""
+
+
+def note_sentences(note: pb.Note, what: str) -> list[tuple[int, str]]:
+    """A note's numbered sentences: its own (MEDEC ids) when present, else the segmenter's."""
+    if note.sentences:
+        total = sum(len(s.text) for s in note.sentences)
+        if total > MAX_NOTE_CHARS:
+            raise VerifyInputError(f"{what} note has {total} characters (limit {MAX_NOTE_CHARS})")
+        return [(s.id, s.text) for s in note.sentences]
+    if len(note.text) > MAX_NOTE_CHARS:
+        raise VerifyInputError(f"{what} note has {len(note.text)} characters (limit {MAX_NOTE_CHARS})")
+    if not note.text.strip():
+        raise VerifyInputError(f"{what} note is empty")
+    sentences = number_sentences(note.text)
+    if not sentences:
+        raise VerifyInputError(f"{what} note has no sentences")
+    return sentences
+
+
+def _reasoning(text: str) -> dict | None:
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise VerifyInputError(f"reasoning_json is not JSON: {exc.msg} at {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise VerifyInputError("reasoning_json must be a JSON object")
+    return value
+
+
+def _observe(result: VerificationResult, seconds: float) -> None:
+    metrics.VERIFICATIONS.labels(result.mode, str(result.passed).lower()).inc()
+    metrics.VERIFY_SECONDS.labels(result.mode).observe(seconds)
+    for check in result.failed_checks():
+        metrics.VERIFIER_CHECK_FAILURES.labels(result.mode, check.name).inc()
+
+
+class PairIndex:
+    """MEDEC incorrect notes by pair id, from a prepared pairs.jsonl (optional)."""
+
+    def __init__(self, path: str = ""):
+        self.by_pair: dict[str, list[tuple[int, str]]] = {}
+        if path:
+            from services.common.medec import load_pairs_jsonl
+
+            for record in load_pairs_jsonl(path):
+                self.by_pair[record.pair_id] = record.incorrect_sentences
+            log.info("loaded MEDEC pairs for byte checks", extra={"pairs": len(self.by_pair)})
+
+    def get(self, pair_id: str) -> list[tuple[int, str]] | None:
+        return self.by_pair.get(pair_id)
+
+
+class VerifierCore:
+    """Turns protobuf requests into :func:`verify` calls and records metrics. No transport here."""
+
+    def __init__(self, pairs: PairIndex | None = None):
+        self.pairs = pairs or PairIndex()
+
+    def run(self, mode: str, original: pb.Note, modified: pb.Note, *, error_sentence_id: int | None = None,
+            claimed_error_type: str | None = None, reasoning: dict | None = None,
+            pair_id: str = "") -> VerificationResult:
+        started = time.perf_counter()
+        result = verify(mode, note_sentences(original, "original"), note_sentences(modified, "modified"),
+                        error_sentence_id=error_sentence_id, claimed_error_type=claimed_error_type,
+                        reasoning=reasoning,
+                        medec_reference=self.pairs.get(pair_id) if mode == "medec_incorrect" and pair_id else None)
+        _observe(result, time.perf_counter() - started)
+        return result
+
+    def verify_request(self, request: verifier_pb2.VerifyRequest) -> pb.VerificationReport:
+        mode = PROTO_TO_MODE.get(request.mode)
+        if mode is None:
+            raise VerifyInputError(f"mode {pb.Mode.Name(request.mode) if request.mode in pb.Mode.values() else request.mode}"
+                                   " cannot be verified; use MODE_PARAPHRASE, MODE_INJECT or MODE_MEDEC_INCORRECT")
+        result = self.run(
+            mode, request.original, request.modified,
+            error_sentence_id=request.error_sentence_id if mode == "medec_incorrect" else None,
+            claimed_error_type=request.claimed_error_type or None,
+            reasoning=_reasoning(request.reasoning_json),
+        )
+        return result.to_proto(request.id)
+
+    # --- Kafka handlers ----------------------------------------------------------------------
+    def sft_example(self, example: pb.SftExample, out_verified: str, out_rejected: str) -> list[Output]:
+        mode = PROTO_TO_MODE.get(example.mode) or {"CORRECT": "paraphrase", "INCORRECT": "medec_incorrect"}.get(
+            example.kind.upper())
+        if mode is None:
+            raise InvalidInput(f"SftExample {example.example_id!r}: no mode and kind {example.kind!r} is not "
+                               "CORRECT or INCORRECT")
+        try:
+            result = self.run(mode, example.original, example.modified,
+                              error_sentence_id=example.changed_sentence_id,
+                              claimed_error_type=example.error_type or None,
+                              reasoning=_reasoning(example.reasoning_json), pair_id=example.pair_id)
+        except VerifyInputError as exc:
+            raise InvalidInput(f"SftExample {example.example_id!r}: {exc}") from None
+        verified = pb.SftExample()
+        verified.CopyFrom(example)
+        verified.verification.CopyFrom(result.to_proto(example.example_id))
+        return [Output(out_verified if result.passed else out_rejected, example.example_id, verified)]
+
+    def rollout(self, rollout: pb.Rollout, out_verified: str, out_scored: str) -> list[Output]:
+        if rollout.reward.outcome == UNPARSEABLE:
+            return [Output(out_scored, rollout.rollout_id, pb.ScoredRollout(rollout=rollout))]
+        modes = {pb.MODE_INJECT: "inject", pb.MODE_PARAPHRASE: "paraphrase"}
+        mode = modes.get(rollout.mode)
+        if mode is None:
+            raise InvalidInput(f"rollout {rollout.rollout_id!r}: mode {rollout.mode} is not inject or paraphrase")
+        try:
+            result = self.run(mode, rollout.seed_note, rollout.modified_note,
+                              error_sentence_id=rollout.changed_sentence_id,
+                              claimed_error_type=(rollout.claimed_error_type or None) if mode == "inject" else None)
+        except VerifyInputError as exc:
+            raise InvalidInput(f"rollout {rollout.rollout_id!r}: {exc}") from None
+        checked = pb.Rollout()
+        checked.CopyFrom(rollout)
+        checked.verification.CopyFrom(result.to_proto(rollout.rollout_id, rollout.mode))
+        if result.passed:
+            return [Output(out_verified, rollout.rollout_id, checked)]
+        checked.reward.CopyFrom(gate_reward(parsed=True, verified=False))
+        return [Output(out_scored, rollout.rollout_id, pb.ScoredRollout(rollout=checked))]
+
+
+# --------------------------------------------------------------------------------------------
+# gRPC
+# --------------------------------------------------------------------------------------------
+
+class _Undecodable:
+    """Stands in for a request protobuf could not decode (e.g. invalid UTF-8 in a string field), so the
+    servicer can answer INVALID_ARGUMENT instead of gRPC's generic INTERNAL."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _deserialize_request(data: bytes):
+    request = verifier_pb2.VerifyRequest()
+    try:
+        request.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        return _Undecodable(f"undecodable VerifyRequest (invalid UTF-8 in a string field?): {exc}"[:500])
+    return request
+
+
+class VerifierServicer:
+    def __init__(self, core: VerifierCore):
+        self.core = core
+
+    def _one(self, request, context, method: str) -> pb.VerificationReport:
+        if isinstance(request, _Undecodable):
+            metrics.GRPC_REQUESTS.labels("verifier", method, "INVALID_ARGUMENT").inc()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        try:
+            report = self.core.verify_request(request)
+        except VerifyInputError as exc:
+            metrics.GRPC_REQUESTS.labels("verifier", method, "INVALID_ARGUMENT").inc()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {request.id!r}: {exc}")
+        metrics.GRPC_REQUESTS.labels("verifier", method, "OK").inc()
+        return report
+
+    def Verify(self, request, context):  # noqa: N802 - gRPC method name
+        return self._one(request, context, "Verify")
+
+    def VerifyMany(self, request_iterator, context) -> Iterator[pb.VerificationReport]:  # noqa: N802
+        for request in request_iterator:
+            yield self._one(request, context, "VerifyMany")
+
+
+def add_verifier_to_server(servicer: VerifierServicer, server: grpc.Server) -> None:
+    """Like the generated ``add_VerifierServicer_to_server``, with a request decoder that turns
+    undecodable bytes into INVALID_ARGUMENT."""
+    handlers = {
+        "Verify": grpc.unary_unary_rpc_method_handler(
+            servicer.Verify, request_deserializer=_deserialize_request,
+            response_serializer=pb.VerificationReport.SerializeToString),
+        "VerifyMany": grpc.stream_stream_rpc_method_handler(
+            servicer.VerifyMany, request_deserializer=_deserialize_request,
+            response_serializer=pb.VerificationReport.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+# --------------------------------------------------------------------------------------------
+# the service
+# --------------------------------------------------------------------------------------------
+
+class VerifierService(Service):
+    """Checks SFT candidates and RL rollouts; answers Verify/VerifyMany."""
+
+    name = "verifier"
+    settings_cls = VerifierSettings
+
+    def __init__(self, settings: VerifierSettings, bus: Bus):
+        super().__init__(settings, bus)
+        from services.verifier.lexicons import get_lexicon
+
+        get_lexicon()  # load (or build and cache) the lexicons now, not on the first request
+        self.core = VerifierCore(PairIndex(settings.pairs_path))
+
+    def topic(self, name: str) -> str:
+        return f"{name}{self.settings.topic_suffix}"
+
+    def topics(self) -> Sequence[str]:
+        return [self.topic(t) for t in (topics.SFT_CANDIDATES, topics.SFT_VERIFIED, topics.SFT_REJECTED,
+                                        topics.ROLLOUTS_GENERATED, topics.ROLLOUTS_VERIFIED, topics.ROLLOUTS_SCORED,
+                                        topics.DEAD_LETTER)]
+
+    def grpc_bindings(self) -> Sequence[GrpcBinding]:
+        return [GrpcBinding(add_verifier_to_server, VerifierServicer(self.core), SERVICE_NAME)]
+
+    def workers(self) -> Sequence[StreamWorker]:
+        s = self.settings
+        group = s.group_id or "medserl-verifier"
+        common = dict(service=self.name, bus=self.bus, max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s,
+                      max_attempts=s.max_attempts, dead_letter_topic=self.topic(topics.DEAD_LETTER))
+        sft_verified, sft_rejected = self.topic(topics.SFT_VERIFIED), self.topic(topics.SFT_REJECTED)
+        ro_verified, ro_scored = self.topic(topics.ROLLOUTS_VERIFIED), self.topic(topics.ROLLOUTS_SCORED)
+        return [
+            StreamWorker(topics=[self.topic(topics.SFT_CANDIDATES)], group_id=f"{group}-sft", message_type=pb.SftExample,
+                         handler=per_message(lambda m: self.core.sft_example(m, sft_verified, sft_rejected)),
+                         message_id=lambda m: m.example_id, **common),
+            StreamWorker(topics=[self.topic(topics.ROLLOUTS_GENERATED)], group_id=f"{group}-rollouts",
+                         message_type=pb.Rollout,
+                         handler=per_message(lambda m: self.core.rollout(m, ro_verified, ro_scored)),
+                         message_id=lambda m: m.rollout_id, **common),
+        ]
