@@ -1,0 +1,311 @@
+"""The generator service: gRPC ``medserl.v1.Generator`` and Kafka.
+
+* ``SubmitPairs`` starts a job (the SFT pipeline over the given pairs, in a background thread) and
+  returns its id; ``GetJobStatus`` reports state, counts and spend; ``StreamExamples`` streams the
+  accepted examples (those already made, then the new ones) until the job ends.
+* Every accepted example is published to ``sft.candidates`` (SftExample); the verifier service
+  re-checks it and answers on ``sft.verified`` / ``sft.rejected``, which this service collects into
+  the job's status (``verified_downstream`` / ``rejected_downstream`` in the message).
+
+Backend: the OpenAI-compatible API when OPENAI_API_KEY or ``openai_base_url`` is set, else the
+offline rule-based paraphraser. Each job keeps its outputs, ledger and report under
+``output_root/<job id>``. Bad requests are INVALID_ARGUMENT with the reason; the service keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from medserl.v1 import generator_pb2, generator_pb2_grpc
+from medserl.v1 import messages_pb2 as pb
+from services.common import metrics, topics
+from services.common.bus import Bus
+from services.common.formats import ERROR_TYPES
+from services.common.medec import PairRecord, normalize_error_type
+from services.common.runtime import GrpcBinding, Service
+from services.common.settings import ServiceSettings
+from services.common.worker import Output, StreamWorker, per_message
+from services.generator.pipeline import GeneratorConfig, GeneratorError, SftGenerator
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "medserl.v1.Generator"
+MAX_PAIRS_PER_JOB = 10_000
+MAX_NOTE_CHARS = 200_000
+
+
+@dataclass
+class GeneratorSettings(ServiceSettings):
+    grpc_port: int = 50055
+    metrics_port: int = 9105
+    output_root: str = "data/generator_jobs"
+    openai_base_url: str = ""  # empty + no OPENAI_API_KEY: the offline backend
+    model: str = "gpt-4o"
+    prompt_file: str = ""
+    concurrency: int = 16
+    max_tries: int = 3
+    request_timeout_s: float = 60.0
+    default_max_cost_usd: float = 0.0  # 0: no budget unless the request sets one
+    topic_suffix: str = ""  # appended to every topic (isolated test runs, tenants)
+
+
+@dataclass
+class Job:
+    job_id: str
+    pairs_total: int
+    state: str = "queued"
+    message: str = ""
+    examples: list[pb.SftExample] = field(default_factory=list)
+    accepted: int = 0
+    rejected: int = 0
+    cost_usd: float = 0.0
+    verified_downstream: int = 0
+    rejected_downstream: int = 0
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "budget_exhausted", "stopped", "input_exhausted")
+
+
+def _note(note_id: str, sentences: list, text: str = "", source: str = "generator") -> pb.Note:
+    return pb.Note(note_id=note_id, text=text, source=source,
+                   sentences=[pb.Sentence(id=int(i), text=str(s)) for i, s in sentences])
+
+
+def verification_proto(d: dict, subject_id: str, mode: int) -> pb.VerificationReport:
+    return pb.VerificationReport(subject_id=subject_id, mode=mode, passed=bool(d.get("passed")),
+                                 checks=[pb.Check(name=c["name"], passed=c["passed"], detail=c.get("detail", ""))
+                                         for c in d.get("checks", [])],
+                                 changed_sentence_ids=list(d.get("changed_sentence_ids", [])),
+                                 latency_ms=float(d.get("latency_ms", 0.0)))
+
+
+def record_to_proto(record: dict) -> pb.SftExample:
+    """An SFT record (interface 5) as the SftExample that crosses Kafka and gRPC."""
+    mode = pb.MODE_PARAPHRASE if record["kind"] == "CORRECT" else pb.MODE_MEDEC_INCORRECT
+    tokens = record.get("tokens") or {}
+    return pb.SftExample(
+        example_id=record["id"], pair_id=record["pair_id"], kind=record["kind"], mode=mode,
+        original=_note(record["pair_id"], record["source_sentences"]),
+        modified=_note(record["pair_id"], record["note_sentences"], record.get("note_text", "")),
+        changed_sentence_id=int(record["changed_sentence_id"]), original_sentence=record["original_sentence"],
+        new_sentence=record["new_sentence"], error_type=record.get("error_type") or "",
+        reasoning_json=json.dumps(record["reasoning"]) if record.get("reasoning") else "",
+        prompt_version=record.get("prompt_version", ""), prompt_hash=record.get("prompt_hash", ""),
+        model=record.get("model") or "", system_fingerprint=record.get("system_fingerprint") or "",
+        model_written=bool(record.get("model_written")), prompt_tokens=int(tokens.get("prompt", 0)),
+        cached_tokens=int(tokens.get("cached", 0)), completion_tokens=int(tokens.get("completion", 0)),
+        cost_usd=float(record.get("cost_usd") or 0.0),
+        verification=verification_proto(record.get("verifier") or {}, record["id"], mode))
+
+
+def pair_from_proto(pair: pb.NotePair, index: int) -> PairRecord:
+    """Validate one NotePair; ValueError says what is wrong (never quoting note text)."""
+    where = f"pairs[{index}]"
+    if not pair.pair_id.strip():
+        raise ValueError(f"{where}: pair_id is empty")
+    where = f"pair {pair.pair_id!r}"
+    incorrect = [(s.id, s.text) for s in pair.incorrect.sentences]
+    correct = [(s.id, s.text) for s in pair.correct.sentences]
+    if not incorrect or not correct:
+        raise ValueError(f"{where}: both notes need numbered sentences (incorrect.sentences and correct.sentences)")
+    for name, sentences in (("incorrect", incorrect), ("correct", correct)):
+        ids = [i for i, _ in sentences]
+        if len(set(ids)) != len(ids) or min(ids) < 0:
+            raise ValueError(f"{where}: {name} note has duplicate or negative sentence ids")
+        if sum(len(t) for _, t in sentences) > MAX_NOTE_CHARS:
+            raise ValueError(f"{where}: {name} note is longer than {MAX_NOTE_CHARS} characters")
+        if any(not t.strip() for _, t in sentences):
+            raise ValueError(f"{where}: {name} note has an empty sentence")
+    if [i for i, _ in incorrect] != [i for i, _ in correct]:
+        raise ValueError(f"{where}: the two notes must have the same sentence ids")
+    if pair.error_sentence_id not in dict(incorrect):
+        raise ValueError(f"{where}: error_sentence_id {pair.error_sentence_id} is not a sentence of the note")
+    error_type = normalize_error_type(pair.error_type)
+    if error_type is None:
+        raise ValueError(f"{where}: error_type must be one of {', '.join(ERROR_TYPES)}")
+    error_sentence = pair.error_sentence or dict(incorrect)[pair.error_sentence_id]
+    corrected = pair.corrected_sentence or dict(correct)[pair.error_sentence_id]
+    return PairRecord(pair_id=pair.pair_id, note_id=pair.pair_id, split=pair.split, error_type=error_type,
+                      error_sentence_id=pair.error_sentence_id, error_sentence=error_sentence,
+                      corrected_sentence=corrected,
+                      incorrect_note=pair.incorrect.text or " ".join(t for _, t in incorrect),
+                      correct_note=pair.correct.text or " ".join(t for _, t in correct),
+                      incorrect_sentences=incorrect, correct_sentences=correct, source=pair.incorrect.source or "grpc")
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
+    def __init__(self, service: GeneratorService):
+        self.service = service
+
+    def SubmitPairs(self, request, context):
+        try:
+            job = self.service.submit(request)
+        except ValueError as exc:
+            metrics.GRPC_REQUESTS.labels("generator", "SubmitPairs", "INVALID_ARGUMENT").inc()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        metrics.GRPC_REQUESTS.labels("generator", "SubmitPairs", "OK").inc()
+        return generator_pb2.JobRef(job_id=job.job_id)
+
+    def _job(self, request, context, method: str) -> Job:
+        job = self.service.jobs.get(request.job_id)
+        if job is None:
+            metrics.GRPC_REQUESTS.labels("generator", method, "NOT_FOUND").inc()
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        metrics.GRPC_REQUESTS.labels("generator", method, "OK").inc()
+        return job
+
+    def GetJobStatus(self, request, context):
+        return self.service.status(self._job(request, context, "GetJobStatus"))
+
+    def StreamExamples(self, request, context) -> Iterator[pb.SftExample]:
+        job = self._job(request, context, "StreamExamples")
+        sent = 0
+        while context.is_active():
+            with job.cond:
+                while sent >= len(job.examples) and not job.finished and context.is_active():
+                    job.cond.wait(0.5)
+                fresh = job.examples[sent:]
+                finished = job.finished
+            yield from fresh
+            sent += len(fresh)
+            if finished and sent >= len(job.examples):
+                return
+
+
+class GeneratorService(Service):
+    name = "generator"
+    settings_cls = GeneratorSettings
+
+    def __init__(self, settings: GeneratorSettings, bus: Bus):
+        super().__init__(settings, bus)
+        self.jobs: dict[str, Job] = {}
+        self.example_jobs: dict[str, str] = {}  # example id -> job id (to attribute verifier answers)
+        self.producer = bus.producer()
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def topic(self, name: str) -> str:
+        return f"{name}{self.settings.topic_suffix}"
+
+    def topics(self) -> Sequence[str]:
+        return [self.topic(t) for t in (topics.SFT_CANDIDATES, topics.SFT_VERIFIED, topics.SFT_REJECTED,
+                                        topics.DEAD_LETTER)]
+
+    def grpc_bindings(self) -> Sequence[GrpcBinding]:
+        return [GrpcBinding(generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(self), SERVICE_NAME)]
+
+    def workers(self) -> Sequence[StreamWorker]:
+        s = self.settings
+        return [StreamWorker(service=self.name, bus=self.bus,
+                             topics=[self.topic(topics.SFT_VERIFIED), self.topic(topics.SFT_REJECTED)],
+                             group_id=s.group_id or "medserl-generator", message_type=pb.SftExample,
+                             handler=per_message(self.collect), max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s,
+                             max_attempts=s.max_attempts, dead_letter_topic=self.topic(topics.DEAD_LETTER),
+                             message_id=lambda m: f"{m.example_id}:{int(m.verification.passed)}")]
+
+    # --- jobs ---------------------------------------------------------------------------------------
+    def submit(self, request: generator_pb2.SubmitPairsRequest) -> Job:
+        if not request.pairs:
+            raise ValueError("pairs is empty: send at least one NotePair")
+        if len(request.pairs) > MAX_PAIRS_PER_JOB:
+            raise ValueError(f"{len(request.pairs)} pairs in one job; the limit is {MAX_PAIRS_PER_JOB}")
+        if request.max_cost_usd < 0:
+            raise ValueError("max_cost_usd must not be negative (0 means the service default)")
+        pairs = [pair_from_proto(p, i) for i, p in enumerate(request.pairs)]
+        if len({p.pair_id for p in pairs}) != len(pairs):
+            raise ValueError("pair_id values must be unique within a job")
+        s = self.settings
+        job = Job(job_id=uuid.uuid4().hex[:16], pairs_total=len(pairs))
+        budget = request.max_cost_usd or s.default_max_cost_usd or None
+        api_key = os.environ.get("OPENAI_API_KEY") or None
+        config = GeneratorConfig(output_dir=os.path.join(s.output_root, job.job_id), prompt_file=s.prompt_file or None,
+                                 num_pairs=len(pairs), add_reasoning=request.add_reasoning, api_key=api_key,
+                                 base_url=s.openai_base_url or None, model=s.model, concurrency=s.concurrency,
+                                 max_cost_usd=budget, seed=int(request.seed), max_tries=s.max_tries,
+                                 request_timeout_s=s.request_timeout_s, progress=False)
+        with self._lock:
+            self.jobs[job.job_id] = job
+        thread = threading.Thread(target=self._run_job, args=(job, config, pairs), name=f"generator-job-{job.job_id}",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        log.info("job submitted", extra={"job_id": job.job_id, "pairs": len(pairs)})
+        return job
+
+    def _run_job(self, job: Job, config: GeneratorConfig, pairs: list[PairRecord]) -> None:
+        candidates = self.topic(topics.SFT_CANDIDATES)
+
+        def on_example(record: dict) -> None:
+            example = record_to_proto(record)
+            with self._lock:
+                self.example_jobs[example.example_id] = job.job_id
+            self.producer.publish(candidates, example.SerializeToString(), key=example.pair_id)
+            metrics.MESSAGES_PRODUCED.labels(self.name, candidates).inc()
+            with job.cond:
+                job.examples.append(example)
+                job.accepted += 1
+                job.cost_usd += example.cost_usd
+                job.cond.notify_all()
+
+        with job.cond:
+            job.state = "running"
+        try:
+            generator = SftGenerator(config, pairs, on_example, self.stop_event)
+            report = generator.run()
+            self.producer.flush()
+            state, message = report["state"], report["message"]
+            rejected = report["pairs"]["rejected_this_run"] * 2
+            cost = report["cost_usd"]
+        except (GeneratorError, ValueError) as exc:
+            state, message, rejected, cost = "failed", str(exc), 0, job.cost_usd
+        except Exception as exc:  # noqa: BLE001 - a job failure must not take the service down
+            log.exception("job failed", extra={"job_id": job.job_id})
+            state, message, rejected, cost = "failed", f"{type(exc).__name__}: {exc}", 0, job.cost_usd
+        with job.cond:
+            job.state, job.message, job.rejected, job.cost_usd = state, message, rejected, cost
+            job.cond.notify_all()
+        log.info("job finished", extra={"job_id": job.job_id, "state": state, "accepted": job.accepted})
+
+    def status(self, job: Job) -> generator_pb2.JobStatus:
+        with job.cond:
+            downstream = f"verifier: {job.verified_downstream} verified, {job.rejected_downstream} rejected"
+            return generator_pb2.JobStatus(job_id=job.job_id, state=job.state, pairs_total=job.pairs_total,
+                                           examples_accepted=job.accepted, examples_rejected=job.rejected,
+                                           cost_usd=job.cost_usd,
+                                           message=f"{job.message}; {downstream}" if job.message else downstream)
+
+    # --- Kafka: the verifier's answers ----------------------------------------------------------------
+    def collect(self, example: pb.SftExample) -> list[Output]:
+        with self._lock:
+            job = self.jobs.get(self.example_jobs.get(example.example_id, ""))
+        if job is None:
+            return []  # an example of another generator instance or an earlier process
+        with job.cond:
+            if example.verification.passed:
+                job.verified_downstream += 1
+            else:
+                job.rejected_downstream += 1
+        return []
+
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """For tests and shutdown: wait until every job thread has finished."""
+        deadline = time.monotonic() + timeout_s
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return all(not t.is_alive() for t in self._threads)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.wait_idle(self.settings.shutdown_grace_s)
+        self.producer.flush()
