@@ -132,9 +132,9 @@ def test_out_of_range_ids_are_input_errors(val_notes):
 
 
 def test_entity_kinds_on_a_real_sentence(val_notes):
-    counts = entity_counts(dict(val_notes["ms-val-2"].sentences)[6])  # temperature, pulse, respirations, BP
-    assert counts["quantity"]["38.1 c"] == 1 and counts["quantity"]["100.6 f"] == 1
-    assert counts["measurement"]["pulse=94 /min"] == 1 and counts["measurement"]["resp=18 /min"] == 1
+    counts = entity_counts(dict(val_notes["ms-val-23"].sentences)[4])  # temperature and pulse
+    assert counts["quantity"]["38.4 c"] == 1 and counts["quantity"]["101.2 f"] == 1
+    assert counts["measurement"]["pulse=112 /min"] == 1 and counts["measurement"]["temp=38.4 c"] == 1
     assert counts["drug"] == Counter() and counts["laterality"] == Counter()
     assert entity_diff("Her pulse is 2/min.", "Her pulse is two/min.") == {}
     assert entity_diff("Started on Tylenol.", "Started on acetaminophen.").keys() <= {"term"}
