@@ -315,7 +315,7 @@ def build_trainer(config: SFTRunConfig, extra_callbacks: list | None = None) -> 
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-        gradient_checkpointing=config.gradient_checkpointing,
+        **_checkpointing_arg(SFTConfig, config.gradient_checkpointing),
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         use_cpu=on_cpu,
@@ -363,6 +363,18 @@ def build_trainer(config: SFTRunConfig, extra_callbacks: list | None = None) -> 
         metrics_file,
         stopper,
     )
+
+
+def _checkpointing_arg(config_cls, enabled: bool) -> dict:
+    """transformers 5 renamed ``gradient_checkpointing`` to ``activation_checkpointing``."""
+    from dataclasses import fields as dataclass_fields
+
+    names = {f.name for f in dataclass_fields(config_cls)}
+    return {
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing": enabled
+    }
 
 
 def last_checkpoint(save_path: str | os.PathLike) -> str | None:

@@ -102,3 +102,10 @@ class StopAfterSteps(TrainerCallback):
             control.should_training_stop = True
             self.stopped = True
         return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # the Trainer closes the cut-short epoch as if it had finished; an interruption must not add
+        # an evaluation the uninterrupted run would not have (the resumed curve must match it)
+        if self.stopped:
+            control.should_evaluate = False
+        return control
