@@ -554,16 +554,6 @@ class VllmBackend(InferenceBackend):
             top_logprobs=top,
         )
 
-    def close(self) -> None:
-        with self._lock:
-            adapters, self._adapters = list(self._adapters), []
-        for adapter in adapters:
-            try:
-                self._post("/unload_lora_adapter", {"lora_name": adapter})
-            except InferenceError:
-                pass
-
-
 # --------------------------------------------------------------------------------------------------
 # OpenAI-compatible chat (reference assessor)
 # --------------------------------------------------------------------------------------------------
