@@ -378,22 +378,33 @@ def extract_entities(sentence: str) -> tuple[Entity, ...]:
     return tuple(entities)
 
 
-def entity_counts(sentence: str) -> dict[str, Counter]:
-    """Entities of one sentence as ``kind -> Counter(key)`` (negation keys deduplicated)."""
-    counts: dict[str, Counter] = {kind: Counter() for kind in ENTITY_KINDS}
+@lru_cache(maxsize=16384)
+def _counts(sentence: str) -> dict[str, Counter]:
+    counts: dict[str, Counter] = {}
     for e in extract_entities(sentence):
-        counts[e.kind][e.key] += 1
-    counts["negation"] = Counter(set(counts["negation"]))
+        counts.setdefault(e.kind, Counter())[e.key] += 1
+    if "negation" in counts:
+        counts["negation"] = Counter(set(counts["negation"]))
     return counts
+
+
+def entity_counts(sentence: str) -> dict[str, Counter]:
+    """Entities of one sentence as ``kind -> Counter(key)`` for every kind (negation keys deduplicated)."""
+    counts = _counts(sentence)
+    return {kind: Counter(counts.get(kind, ())) for kind in ENTITY_KINDS}
 
 
 def entity_diff(before: str, after: str) -> dict[str, tuple[list[str], list[str]]]:
     """Per kind, the facts removed from and added to ``before`` (only kinds that differ)."""
-    a, b = entity_counts(before), entity_counts(after)
+    a, b = _counts(before), _counts(after)
     out: dict[str, tuple[list[str], list[str]]] = {}
+    empty: Counter = Counter()
     for kind in ENTITY_KINDS:
-        removed = sorted((a[kind] - b[kind]).elements())
-        added = sorted((b[kind] - a[kind]).elements())
+        ca, cb = a.get(kind, empty), b.get(kind, empty)
+        if ca == cb:
+            continue
+        removed = sorted((ca - cb).elements())
+        added = sorted((cb - ca).elements())
         if removed or added:
             out[kind] = (removed, added)
     return out
