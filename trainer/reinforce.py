@@ -77,7 +77,9 @@ def collate(rollouts: Sequence[pb.Rollout], pad_token_id: int) -> Batch:
     for i, r in enumerate(rollouts):
         p, c = len(r.prompt_token_ids), len(r.completion_token_ids)
         if len(r.behaviour_logprobs) != c:
-            raise ValueError(f"rollout {r.rollout_id}: {len(r.behaviour_logprobs)} log-probs for {c} completion tokens")
+            raise ValueError(
+                f"rollout {r.rollout_id}: {len(r.behaviour_logprobs)} log-probs for {c} completion tokens"
+            )
         input_ids[i, : p + c] = torch.tensor(list(r.prompt_token_ids) + list(r.completion_token_ids))
         attention_mask[i, : p + c] = 1
         completion_mask[i, p : p + c] = 1
@@ -142,8 +144,13 @@ def normalize(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> to
 # ------------------------------------------------------------------------------------------
 
 
-def clipped_loss(logp: torch.Tensor, behaviour_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                 clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_loss(
+    logp: torch.Tensor,
+    behaviour_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate, averaged over completion tokens. Returns (loss, clip fraction)."""
     ratio = torch.exp(logp - behaviour_logp)
     unclipped = ratio * advantages
@@ -193,14 +200,21 @@ class Learner:
         mask = batch.completion_mask
 
         with torch.no_grad():
-            ref_logp = torch.cat([
-                sequence_logprobs(self.reference, batch.input_ids[i : i + cfg.micro_batch_size].to(self.device),
-                                  batch.attention_mask[i : i + cfg.micro_batch_size].to(self.device)).cpu()
-                for i in range(0, len(rollouts), cfg.micro_batch_size)
-            ])
+            ref_logp = torch.cat(
+                [
+                    sequence_logprobs(
+                        self.reference,
+                        batch.input_ids[i : i + cfg.micro_batch_size].to(self.device),
+                        batch.attention_mask[i : i + cfg.micro_batch_size].to(self.device),
+                    ).cpu()
+                    for i in range(0, len(rollouts), cfg.micro_batch_size)
+                ]
+            )
             kl = (batch.behaviour_logprobs - ref_logp) * mask
             scalar = group_centred(batch.rewards, batch.groups) if cfg.baseline == "group" else batch.rewards
-            advantages = normalize(returns(token_rewards(scalar, kl, mask, cfg.kl_coef), mask, cfg.gamma), mask)
+            advantages = normalize(
+                returns(token_rewards(scalar, kl, mask, cfg.kl_coef), mask, cfg.gamma), mask
+            )
 
         self.policy.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -208,16 +222,24 @@ class Learner:
         loss_sum, clip_sum = 0.0, 0.0
         for i in range(0, len(rollouts), cfg.micro_batch_size):
             sl = slice(i, i + cfg.micro_batch_size)
-            logp = sequence_logprobs(self.policy, batch.input_ids[sl].to(self.device), batch.attention_mask[sl].to(self.device))
+            logp = sequence_logprobs(
+                self.policy, batch.input_ids[sl].to(self.device), batch.attention_mask[sl].to(self.device)
+            )
             micro_mask = mask[sl].to(self.device)
-            loss, clip_fraction = clipped_loss(logp, batch.behaviour_logprobs[sl].to(self.device),
-                                               advantages[sl].to(self.device), micro_mask, cfg.clip_eps)
+            loss, clip_fraction = clipped_loss(
+                logp,
+                batch.behaviour_logprobs[sl].to(self.device),
+                advantages[sl].to(self.device),
+                micro_mask,
+                cfg.clip_eps,
+            )
             weight = micro_mask.sum() / total_tokens.to(self.device)  # token-mean over the whole batch
             (loss * weight).backward()
             loss_sum += float(loss.detach()) * float(weight)
             clip_sum += float(clip_fraction) * float(weight)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad],
-                                                   cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.policy.parameters() if p.requires_grad], cfg.max_grad_norm
+        )
         self.optimizer.step()
         self.step_count += 1
         n_kl = mask.sum().clamp(min=1)

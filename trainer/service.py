@@ -157,9 +157,13 @@ class LearnerLoop:
                 self._reject(record, "scored rollout without an id or completion tokens", "InvalidInput")
                 continue
             if len(rollout.behaviour_logprobs) != len(rollout.completion_token_ids):
-                self._reject(record, "behaviour_logprobs and completion_token_ids differ in length", "InvalidInput")
+                self._reject(
+                    record, "behaviour_logprobs and completion_token_ids differ in length", "InvalidInput"
+                )
                 continue
-            if rollout.rollout_id in self._consumed_set or any(r.rollout_id == rollout.rollout_id for r in self._buffer):
+            if rollout.rollout_id in self._consumed_set or any(
+                r.rollout_id == rollout.rollout_id for r in self._buffer
+            ):
                 self.duplicates += 1
                 metrics.DUPLICATES_SKIPPED.labels("trainer", record.topic).inc()
                 continue
@@ -180,16 +184,29 @@ class LearnerLoop:
         for rollout in batch:
             self._remember(rollout.rollout_id)
         out_dir, digest = self.learner.save(self.dir / f"policy-v{self.version}")
-        entry = {**asdict(stats), "version": self.version, "time": time.time(),
-                 "by_outcome": _count(r.reward.outcome for r in batch),
-                 "by_mode": _count(pb.Mode.Name(r.mode) for r in batch)}
+        entry = {
+            **asdict(stats),
+            "version": self.version,
+            "time": time.time(),
+            "by_outcome": _count(r.reward.outcome for r in batch),
+            "by_mode": _count(pb.Mode.Name(r.mode) for r in batch),
+        }
         self.history.append(entry)
-        _atomic_write(self.dir / STATE_FILE, json.dumps({"version": self.version, "history": self.history,
-                                                          "consumed_ids": list(self.consumed)}))
-        update = pb.PolicyUpdate(version=self.version, checkpoint_uri=str(out_dir.resolve()),
-                                 kind="lora" if self.settings.lora else "full", base_model=self.settings.model_name,
-                                 checkpoint_sha256=digest, learner_step=stats.step,
-                                 created_unix_ms=int(time.time() * 1000))
+        _atomic_write(
+            self.dir / STATE_FILE,
+            json.dumps(
+                {"version": self.version, "history": self.history, "consumed_ids": list(self.consumed)}
+            ),
+        )
+        update = pb.PolicyUpdate(
+            version=self.version,
+            checkpoint_uri=str(out_dir.resolve()),
+            kind="lora" if self.settings.lora else "full",
+            base_model=self.settings.model_name,
+            checkpoint_sha256=digest,
+            learner_step=stats.step,
+            created_unix_ms=int(time.time() * 1000),
+        )
         self.producer.publish(POLICY_UPDATES, update.SerializeToString(), key="policy")
         metrics.MESSAGES_PRODUCED.labels("trainer", POLICY_UPDATES).inc()
         self.producer.flush()
@@ -197,15 +214,24 @@ class LearnerLoop:
         try:
             consumer.commit(polled)
         except BusError as exc:  # the ids are saved, so a redelivery is skipped, not double counted
-            log.warning("commit after update failed; redelivered rollouts will be skipped", extra={"error": str(exc)})
+            log.warning(
+                "commit after update failed; redelivered rollouts will be skipped", extra={"error": str(exc)}
+            )
         metrics.TRAIN_STEP.labels("rl").set(stats.step)
         metrics.TRAIN_LOSS.labels("rl").set(stats.loss)
         metrics.TRAIN_MEAN_REWARD.set(stats.mean_reward)
         metrics.TRAIN_TOKENS_PER_SECOND.labels("rl").set(stats.tokens / max(stats.seconds, 1e-9))
         metrics.POLICY_VERSION.labels("trainer").set(self.version)
         self.last_stats = stats
-        log.info("policy updated", extra={"version": self.version, "mean_reward": round(stats.mean_reward, 4),
-                                          "kl": round(stats.mean_kl, 5), "rollouts": stats.rollouts})
+        log.info(
+            "policy updated",
+            extra={
+                "version": self.version,
+                "mean_reward": round(stats.mean_reward, 4),
+                "kl": round(stats.mean_kl, 5),
+                "rollouts": stats.rollouts,
+            },
+        )
         return stats
 
 
@@ -245,10 +271,15 @@ def build_learner(settings: TrainerSettings, resume_from: Path | None) -> Learne
         device = settings.device
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(settings.model_name)
-    config = ReinforcePPConfig(learning_rate=settings.learning_rate, kl_coef=settings.kl_coef,
-                               clip_eps=settings.clip_eps, baseline=settings.baseline,
-                               rollouts_per_update=settings.rollouts_per_update,
-                               micro_batch_size=settings.micro_batch_size, seed=settings.seed)
+    config = ReinforcePPConfig(
+        learning_rate=settings.learning_rate,
+        kl_coef=settings.kl_coef,
+        clip_eps=settings.clip_eps,
+        baseline=settings.baseline,
+        rollouts_per_update=settings.rollouts_per_update,
+        micro_batch_size=settings.micro_batch_size,
+        seed=settings.seed,
+    )
     if settings.lora:
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -256,12 +287,28 @@ def build_learner(settings: TrainerSettings, resume_from: Path | None) -> Learne
         if resume_from is not None:
             policy = PeftModel.from_pretrained(base, str(resume_from), is_trainable=True)
         else:
-            policy = get_peft_model(base, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, task_type="CAUSAL_LM",
-                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                     "gate_proj", "up_proj", "down_proj"]))
+            policy = get_peft_model(
+                base,
+                LoraConfig(
+                    r=settings.lora_r,
+                    lora_alpha=settings.lora_alpha,
+                    task_type="CAUSAL_LM",
+                    target_modules=[
+                        "q_proj",
+                        "k_proj",
+                        "v_proj",
+                        "o_proj",
+                        "gate_proj",
+                        "up_proj",
+                        "down_proj",
+                    ],
+                ),
+            )
         reference = _AdapterDisabled(policy)
     else:
-        policy = AutoModelForCausalLM.from_pretrained(str(resume_from or settings.model_name), dtype=dtype).to(device)
+        policy = AutoModelForCausalLM.from_pretrained(
+            str(resume_from or settings.model_name), dtype=dtype
+        ).to(device)
         reference = AutoModelForCausalLM.from_pretrained(settings.model_name, dtype=dtype).to(device)
     learner = Learner(policy, reference, tokenizer, config)
     if resume_from is not None and (resume_from / "optimizer.pt").exists():
@@ -278,18 +325,28 @@ class _TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         if loop is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is still loading its model")
         stats = loop.last_stats
-        return trainer_pb2.TrainerStatus(phase="rl", step=loop.learner.step_count, policy_version=loop.version,
-                                         last_loss=stats.loss if stats else 0.0,
-                                         mean_reward=stats.mean_reward if stats else 0.0,
-                                         rollouts_consumed=len(loop.consumed))
+        return trainer_pb2.TrainerStatus(
+            phase="rl",
+            step=loop.learner.step_count,
+            policy_version=loop.version,
+            last_loss=stats.loss if stats else 0.0,
+            mean_reward=stats.mean_reward if stats else 0.0,
+            rollouts_consumed=len(loop.consumed),
+        )
 
     def GetLatestPolicy(self, request, context):
         loop = self._loop_ref()
         if loop is None or loop.version == 0:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no policy version published yet (version 0 is the SFT model)")
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, "no policy version published yet (version 0 is the SFT model)"
+            )
         path = loop.latest_checkpoint()
-        return pb.PolicyUpdate(version=loop.version, checkpoint_uri=str(path.resolve()),
-                               kind="lora" if loop.settings.lora else "full", base_model=loop.settings.model_name)
+        return pb.PolicyUpdate(
+            version=loop.version,
+            checkpoint_uri=str(path.resolve()),
+            kind="lora" if loop.settings.lora else "full",
+            base_model=loop.settings.model_name,
+        )
 
 
 class TrainerService(Service):
@@ -301,8 +358,13 @@ class TrainerService(Service):
         self.loop = LearnerLoop(settings, bus, learner_factory)
 
     def grpc_bindings(self):
-        return [GrpcBinding(trainer_pb2_grpc.add_TrainerServicer_to_server, _TrainerServicer(lambda: self.loop),
-                            "medserl.v1.Trainer")]
+        return [
+            GrpcBinding(
+                trainer_pb2_grpc.add_TrainerServicer_to_server,
+                _TrainerServicer(lambda: self.loop),
+                "medserl.v1.Trainer",
+            )
+        ]
 
     def workers(self):
         return [self.loop]
