@@ -265,3 +265,29 @@ def test_records_are_validated_and_split_by_pair(sft_records, tmp_path):
         load_sft_records(path)
     with pytest.raises(SFTError, match="role"):
         SFTRunConfig(role="judge").validate()
+
+
+def test_qwen3_chat_template_trains_the_answer_after_an_empty_think_block(
+    tiny_model_dir, sft_jsonl, tmp_path
+):
+    """Production path: Qwen3's own chat template (TRL ships the original) with enable_thinking=False.
+    The prompt ends in an empty <think></think> block and the loss covers the answer + <|im_end|>."""
+    import shutil
+    from importlib import resources
+
+    qwen3_template = (resources.files("trl") / "chat_templates" / "qwen3.jinja").read_text()
+    model_dir = tmp_path / "tiny_qwen3_template"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "chat_template.jinja").write_text(qwen3_template)
+    config = tiny_config(model_dir, sft_jsonl, tmp_path / "out", role="both", max_examples=4, eval_fraction=0)
+    prepared = build_trainer(config)
+    assert prepared.tokenizer.chat_template == qwen3_template
+    for row in prepared.trainer.train_dataset:
+        start = next(i for i, label in enumerate(row["labels"]) if label != -100)
+        prompt = prepared.tokenizer.decode(row["input_ids"][:start])
+        answer = prepared.tokenizer.decode(row["input_ids"][start:])
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        assert answer.endswith(IM_END + "\n") and "<think>" not in answer
+        content = answer.removesuffix(IM_END + "\n")
+        parsed = (formats.parse_assessor_output(content), formats.parse_injector_edit(content))
+        assert any(not isinstance(p, formats.ParseFailure) for p in parsed)
