@@ -4,7 +4,6 @@ reason, and the service keeps serving afterwards."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import grpc
@@ -169,7 +168,12 @@ def _rollouts(val):
                              completion_text="garbage", reward=gate_reward(parsed=False, verified=True))
     empty = pb.Rollout(rollout_id="r-empty", seed_note_id="ms-val-5", mode=pb.MODE_INJECT, seed_note=pb.Note(),
                        modified_note=pb.Note(), claimed_error_type="diagnosis")
-    return good, no_fact, paraphrase, unparseable, empty
+    huge = pb.Rollout(rollout_id="r-huge", seed_note_id="ms-val-5", mode=pb.MODE_INJECT,
+                      seed_note=pb.Note(text="Pain. " * 100_000), modified_note=seed_note,
+                      claimed_error_type="diagnosis")  # 600 kB: over the verifier's limit, under Kafka's
+    blank = pb.Rollout(rollout_id="r-blank", seed_note_id="ms-val-5", mode=pb.MODE_PARAPHRASE, seed_note=seed_note,
+                       modified_note=pb.Note(text=" \n\n  "))
+    return good, no_fact, paraphrase, unparseable, empty, huge, blank
 
 
 def _sft_examples(val):
@@ -202,8 +206,8 @@ def test_kafka_round_trip(kafka_bootstrap, unique, val):
     runtime = ServiceRuntime(service).start()
     try:
         producer = bus.producer()
-        good, no_fact, paraphrase, unparseable, empty = _rollouts(val)
-        for rollout in (good, no_fact, paraphrase, unparseable, empty):
+        good, no_fact, paraphrase, unparseable, empty, huge, blank = _rollouts(val)
+        for rollout in (good, no_fact, paraphrase, unparseable, empty, huge, blank):
             producer.publish(service.topic(topics.ROLLOUTS_GENERATED), rollout.SerializeToString(), key=rollout.rollout_id)
         incorrect, correct, unsafe, out_of_range = _sft_examples(val)
         for example in (incorrect, correct, unsafe, out_of_range):
@@ -217,7 +221,7 @@ def test_kafka_round_trip(kafka_bootstrap, unique, val):
         scored = _drain(bus, service.topic(topics.ROLLOUTS_SCORED), f"t2-{unique}", 2, pb.ScoredRollout)
         sft_ok = _drain(bus, service.topic(topics.SFT_VERIFIED), f"t3-{unique}", 2, pb.SftExample)
         sft_rejected = _drain(bus, service.topic(topics.SFT_REJECTED), f"t4-{unique}", 1, pb.SftExample)
-        letters = _drain(bus, service.topic(topics.DEAD_LETTER), f"t5-{unique}", 3, pb.DeadLetter)
+        letters = _drain(bus, service.topic(topics.DEAD_LETTER), f"t5-{unique}", 5, pb.DeadLetter)
 
         assert sorted(r.rollout_id for r in verified) == ["r-good", "r-para"]
         assert all(r.verification.passed and r.verification.subject_id == r.rollout_id for r in verified)
@@ -238,8 +242,10 @@ def test_kafka_round_trip(kafka_bootstrap, unique, val):
         assert "drug_preserved" in {c.name for c in sft_rejected[0].verification.checks if not c.passed}
 
         reasons = {letter.key.decode(): letter.reason for letter in letters}
-        assert set(reasons) == {"r-empty", "sft-range", "sft-utf8"}
+        assert set(reasons) == {"r-empty", "r-huge", "r-blank", "sft-range", "sft-utf8"}
         assert "empty" in reasons["r-empty"]
+        assert "600000 characters (limit" in reasons["r-huge"] and "Pain." not in reasons["r-huge"]
+        assert "modified note is empty" in reasons["r-blank"]
         assert "not in the note" in reasons["sft-range"]
         assert "undecodable" in reasons["sft-utf8"]
         assert all(letter.service == "verifier" for letter in letters)
@@ -272,9 +278,9 @@ def test_memory_bus_workers_gate_rollouts_like_kafka(val):
         pass
     verified = _drain(bus, topics.ROLLOUTS_VERIFIED, "m1", 2, pb.Rollout, timeout_s=2)
     scored = _drain(bus, topics.ROLLOUTS_SCORED, "m2", 2, pb.ScoredRollout, timeout_s=2)
-    letters = _drain(bus, topics.DEAD_LETTER, "m3", 1, pb.DeadLetter, timeout_s=2)
+    letters = _drain(bus, topics.DEAD_LETTER, "m3", 3, pb.DeadLetter, timeout_s=2)
     assert sorted(r.rollout_id for r in verified) == ["r-good", "r-para"]
     assert sorted(s.rollout.rollout_id for s in scored) == ["r-nofact", "r-unparsed"]
-    assert [letter.key for letter in letters] == [b"r-empty"]
-    report = json.loads(json.dumps({"reason": letters[0].reason}))
-    assert "original note is empty" in report["reason"]
+    assert sorted(letter.key for letter in letters) == [b"r-blank", b"r-empty", b"r-huge"]
+    reasons = {letter.key: letter.reason for letter in letters}
+    assert "original note is empty" in reasons[b"r-empty"]

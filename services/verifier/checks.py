@@ -280,12 +280,17 @@ def _medec_checks(original, modified, error_sentence_id, reasoning, reference, r
     error_text = mod.get(error_sentence_id, "") if error_sentence_id is not None else ""
     fixed_text = orig.get(error_sentence_id, "") if error_sentence_id is not None else ""
     named = bool(wrong and right and _norm(wrong) != _norm(right))
-    grounded = named and (bool(_content_words(wrong) & _content_words(error_text))
-                          and bool(_content_words(right) & _content_words(fixed_text + " " + right)))
-    checks.append(CheckResult("reasoning_names_findings", named and grounded,
-                              "names the wrong and the right finding" if named and grounded else
-                              ("wrong_finding/right_finding missing or identical" if not named
-                               else "wrong_finding does not refer to the error sentence")))
+    wrong_grounded = bool(_content_words(wrong) & _content_words(error_text))
+    right_grounded = bool(_content_words(right) & _content_words(fixed_text))
+    if not named:
+        detail = "wrong_finding/right_finding missing or identical"
+    elif not wrong_grounded:
+        detail = "wrong_finding shares no word with the error sentence"
+    elif not right_grounded:
+        detail = "right_finding shares no word with the corrected sentence"
+    else:
+        detail = "names the wrong and the right finding"
+    checks.append(CheckResult("reasoning_names_findings", named and wrong_grounded and right_grounded, detail))
     clues = reasoning.get("key_clues") or []
     if isinstance(clues, str):
         clues = [clues]
