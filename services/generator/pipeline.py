@@ -659,8 +659,9 @@ class SftGenerator:
                 return TaskOutcome(record, None)
             failed = [f"{c['name']}: {c['detail']}" for c in verification["checks"] if not c["passed"]]
             attempts.append({"try": attempt, "failed_checks": failed, "reasoning": reasoning})
-            if reasoning is None:
-                break  # the MEDEC pair itself fails: no retry can fix that
+            if reasoning is None or any(not c["name"].startswith("reasoning_")
+                                        for c in verification["checks"] if not c["passed"]):
+                break  # the MEDEC pair itself fails: no new explanation can fix that
             feedback = self.prompts.reasoning_feedback(failed)
         rejection = self._base_record(pair, "INCORRECT")
         last = attempts[-1] if attempts else {}
