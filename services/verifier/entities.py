@@ -152,6 +152,7 @@ _PROC_PHRASES = frozenset({"x ray", "x rays", "ct scan", "lumbar puncture", "spi
                            "mechanical ventilation", "computed tomography", "magnetic resonance imaging", "follow up",
                            "plasma exchange", "watchful waiting", "expectant management", "chest tube",
                            "external cephalic version"})
+_PHRASE_FIRST_WORDS = frozenset(p.split()[0] for p in _PROC_PHRASES | _NEGATION_BIGRAMS)
 _LATIN_ENDINGS = ("ae", "us", "is", "um", "ii", "i", "a", "es", "ans", "ens", "ax", "e", "ei")
 _NOT_SPECIES = frozenset(
     """species infection infections organism organisms bacteria bacterium isolates isolate strain strains colonies
@@ -336,7 +337,9 @@ def extract_entities(sentence: str) -> tuple[Entity, ...]:
         if e.kind == "organism":
             e = Entity("organism", _organism_key(e.key), e.start, e.end)
         entities.append(e)
-    quantities = _quantities(sentence)
+    # most sentences have no number at all: skip the quantity regex for them
+    has_number = any(c.isdigit() for c in sentence) or any(t[0] in _WORD_NUMBERS or t[0] in _TENS for t in tokens)
+    quantities = _quantities(sentence) if has_number else []
     entities.extend(quantities)
     if quantities:
         entities.extend(_measurements(tokens, quantities, sentence))
@@ -344,22 +347,24 @@ def extract_entities(sentence: str) -> tuple[Entity, ...]:
     n = len(tokens)
     cues: list[int] = []  # end offsets of negation cues
     for i, (word, start, end) in enumerate(tokens):
-        nxt = tokens[i + 1][0] if i + 1 < n else ""
-        bigram = f"{word} {nxt}"
         if word in _LATERAL:
             entities.append(Entity("laterality", _LATERAL[word], start, end))
+        if word in _NEGATION_WORDS:
+            cues.append(end)
+        elif word == "t" and i > 0 and tokens[i - 1][0].endswith("n") and sentence[start - 1:start] in ("'", "\u2019"):
+            cues.append(end)
         if word in _PROC_WORDS or (len(word) > 6 and word.endswith(_PROC_SUFFIXES)):
             entities.append(Entity("procedure", word, start, end))
+            continue
+        if word not in _PHRASE_FIRST_WORDS or i + 1 >= n:
+            continue
+        bigram = f"{word} {tokens[i + 1][0]}"
+        if bigram in _NEGATION_BIGRAMS:
+            cues.append(tokens[i + 1][2])
         elif bigram in _PROC_PHRASES:
             entities.append(Entity("procedure", bigram, start, tokens[i + 1][2]))
         elif i + 2 < n and f"{bigram} {tokens[i + 2][0]}" in _PROC_PHRASES:
             entities.append(Entity("procedure", f"{bigram} {tokens[i + 2][0]}", start, tokens[i + 2][2]))
-        if word in _NEGATION_WORDS:
-            cues.append(end)
-        elif bigram in _NEGATION_BIGRAMS:
-            cues.append(tokens[i + 1][2])
-        elif word == "t" and i > 0 and tokens[i - 1][0].endswith("n") and sentence[start - 1:start] in ("'", "\u2019"):
-            cues.append(end)
     entities.extend(_terms(sentence, tokens, entities, vocabulary))
     if cues:
         # negation: the facts inside each cue's scope (to the end of the clause)

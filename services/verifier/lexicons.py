@@ -54,14 +54,26 @@ DRUG_STOPWORDS = frozenset(
     multiple single daily other normal right left total free base acid plus max ultra adult child children
     pediatric junior senior first second third sterile clear soft complete advanced regular strength mg mcg ml""".split()
 )
-# lab analytes are measured, not given: leave them to the measurement extractor
+# lab analytes are measured, not given: the drug dictionary lists some (enzymes, hormones)
+LAB_ANALYTES = frozenset(
+    {"alkaline phosphatase", "creatine kinase", "alanine", "aspartate", "alanine aminotransferase",
+     "aspartate aminotransferase", "alanine aminotransferases", "aspartate aminotransferases", "transaminases",
+     "transaminase", "c reactive protein", "parathyroid hormone", "haptoglobin", "haptoglobins", "troponin",
+     "ferritin", "albumin", "lactate dehydrogenase", "amylase", "lipase", "blood group antigens", "blood group",
+     "thyrotropin", "prothrombin", "fibrinogen"})
+# single words that ICD-10-CM description heads yield but that name a body part, a person or a
+# quality, not a disease ("Acute abdomen" -> "abdomen", "Abdominal and pelvic pain" -> "abdominal")
 DISEASE_STOPWORDS = frozenset(
     """other unspecified disease diseases disorder disorders condition conditions syndrome state states type
     finding findings abnormal abnormality abnormalities complication complications history problem problems
     personal family status encounter screening examination exam observation sequela initial subsequent
     care person persons use injury injuries effect effects adverse poisoning contact exposure presence absence
     left right bilateral unilateral site sites part parts region multiple single acute chronic mild moderate
-    severe stage level levels pain normal illness blood body sign signs symptom symptoms""".split()
+    severe stage level levels pain normal illness blood body sign signs symptom symptoms abdomen episodes
+    episode difficulty weight loss male female delivery lesions lesion uterus mental diffuse liver hands hand
+    cells cell recurrent newborn complete feeling feelings person infant child adult mother fetus skin head
+    neck chest back limb arm leg foot face eye eyes ear nose mouth breast kidney lung heart brain bone bones
+    muscle joint tissue organ organs growth change changes mass masses presence""".split()
 )
 _LEADING_MODIFIERS = frozenset(
     """other unspecified essential primary secondary acute chronic subacute recurrent mild moderate severe
@@ -90,6 +102,8 @@ _COMMON_WORDS = frozenset(
     work worker daily weekly monthly several various because since there these those would could should
     however although""".split()
 )
+# a one-word head ending like an adjective ("abdominal", "pelvic", "cardiac") is not a disease name
+_ADJECTIVE_ENDINGS = ("al", "ic", "ous", "ary", "ive", "ar", "ac", "ed")
 _HEAD_SPLIT = re.compile(r",| with | without | due to | in | of | and | or | from | following | associated | as | by ")
 
 CLINICAL_ABBREVIATIONS = {
@@ -186,8 +200,10 @@ def load_drug_terms() -> dict[str, str]:
     out: dict[str, str] = {}
     for variant, canonicals in data["drug_variant_to_canonical"].items():
         key = normalize_phrase(variant)
-        if not key or key in DRUG_STOPWORDS or len(key) < 3 or key.isdigit():
+        if not key or key in DRUG_STOPWORDS or key in LAB_ANALYTES or len(key) < 3:
             continue
+        if not any(len(t) >= 3 and t.isalpha() for t in key.split()):
+            continue  # "2 3" (a chemical-name fragment) is not something a note means as a drug
         if len(key.split()) > MAX_TERM_TOKENS:
             continue
         out[key] = canonicals[0] if canonicals else key
@@ -217,7 +233,8 @@ def disease_heads(description: str) -> list[str]:
         if term and term[-1] not in "s" and " " not in term:
             out.add(term + "s")
     return [t for t in out if t and len(t) >= 4 and t not in DISEASE_STOPWORDS
-            and len(t.split()) <= MAX_TERM_TOKENS and not t.isdigit()]
+            and len(t.split()) <= MAX_TERM_TOKENS and not t.isdigit()
+            and not (" " not in t and t.endswith(_ADJECTIVE_ENDINGS))]
 
 
 def package_stopwords() -> frozenset[str]:
