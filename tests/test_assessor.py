@@ -309,3 +309,18 @@ def test_kafka_round_trip_with_the_tiny_model(kafka_bootstrap, tiny_model_dir, m
         assert verdict.parsed or verdict.parse_error  # an untrained tiny model mostly writes garbage
         assert rollout.reward == reward.game_reward(original.mode, verdict, original.changed_sentence_id)
         assert rollout.modified_note == original.modified_note
+
+
+def test_flag_probability_finds_the_digit_in_the_tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for flag in (True, False):
+        text = formats.render_assessor_output(formats.AssessorOutput(flag, 3 if flag else -1, "Fixed." if flag else None))
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        tokens = [tokenizer.decode([i]) for i in ids]
+        digit = next(i for i, tok in enumerate(tokens) if tok.strip() in ("0", "1"))
+        lps = [-0.01] * len(tokens)
+        lps[digit] = math.log(0.8)
+        expected = 0.8 if flag else 0.2
+        assert flag_probability(tokens, lps, None, flag) == pytest.approx(expected)

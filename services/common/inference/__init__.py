@@ -472,10 +472,11 @@ class VllmBackend(InferenceBackend):
     def load_policy(self, version: int, checkpoint_uri: str, kind: str = "lora") -> None:
         if kind != "lora":
             raise PolicyUpdateError("the vllm backend hot-loads LoRA adapters only; full weights need a server restart")
-        path = local_path(checkpoint_uri) if not checkpoint_uri.startswith("/") else Path(checkpoint_uri)
+        # the path is read by the vLLM server (a volume it shares with the learner), not by us
+        lora_path = checkpoint_uri[len("file://"):] if checkpoint_uri.startswith("file://") else checkpoint_uri
         name = f"policy-v{version}"
         try:
-            self._post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+            self._post("/load_lora_adapter", {"lora_name": name, "lora_path": lora_path})
         except InferenceError as exc:
             raise PolicyUpdateError(f"vLLM refused adapter {name}: {exc}") from exc
         with self._lock:
@@ -488,9 +489,9 @@ class VllmBackend(InferenceBackend):
             except InferenceError as exc:
                 log.warning("could not unload an old LoRA adapter", extra={"adapter": adapter, "error": str(exc)})
         try:
-            self._hash = checkpoint_sha256(path)
-        except (FileNotFoundError, OSError):
-            self._hash = ""
+            self._hash = checkpoint_sha256(lora_path)
+        except OSError:  # not visible from here: the adapter's name identifies it
+            self._hash = "lora:" + name
 
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Completion]:
         params.validate()
