@@ -29,12 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from medserl.v1 import messages_pb2 as pb
+from services.common.formats import ERROR_TYPES  # the one list of MEDEC error types
 from services.verifier.entities import ENTITY_KINDS, entity_diff
 
 MODES = ("paraphrase", "medec_incorrect", "inject")
 MODE_TO_PROTO = {"paraphrase": pb.MODE_PARAPHRASE, "inject": pb.MODE_INJECT, "medec_incorrect": pb.MODE_MEDEC_INCORRECT}
 PROTO_TO_MODE = {v: k for k, v in MODE_TO_PROTO.items()}
-ERROR_TYPES = ("diagnosis", "management", "treatment", "pharmacotherapy", "causalOrganism")
 
 # Length bounds for the changed sentence, relative to the original (characters).
 PARAPHRASE_LENGTH = (0.5, 2.0)
@@ -245,7 +245,7 @@ _STOP = frozenset("the a an of and or to in on at for with is was are were be be
 
 
 def _content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and (len(w) > 1 or w.isdigit())}
 
 
 def _medec_checks(original, modified, error_sentence_id, reasoning, reference, result: VerificationResult) -> None:
@@ -279,11 +279,12 @@ def _medec_checks(original, modified, error_sentence_id, reasoning, reference, r
     right = str(reasoning.get("right_finding") or "").strip()
     error_text = mod.get(error_sentence_id, "") if error_sentence_id is not None else ""
     fixed_text = orig.get(error_sentence_id, "") if error_sentence_id is not None else ""
-    named = bool(wrong and right and _norm(wrong) != _norm(right))
-    wrong_grounded = bool(_content_words(wrong) & _content_words(error_text))
-    right_grounded = bool(_content_words(right) & _content_words(fixed_text))
+    named = bool(_content_words(wrong) and _content_words(right) and _norm(wrong) != _norm(right))
+    # a finding is grounded when it is quoted from its sentence or shares a content word with it
+    wrong_grounded = _norm(wrong) in _norm(error_text) or bool(_content_words(wrong) & _content_words(error_text))
+    right_grounded = _norm(right) in _norm(fixed_text) or bool(_content_words(right) & _content_words(fixed_text))
     if not named:
-        detail = "wrong_finding/right_finding missing or identical"
+        detail = "wrong_finding/right_finding missing, identical or without a content word"
     elif not wrong_grounded:
         detail = "wrong_finding shares no word with the error sentence"
     elif not right_grounded:
