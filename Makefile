@@ -7,6 +7,8 @@ VENV ?= $(CACHE)/venv-$(LOCK_HASH)
 WHEELHOUSE ?= $(CACHE)/wheelhouse
 PY := $(VENV)/bin/python
 RUN_OUT ?= runs/latest
+# MEDEC when it sits beside the clone (or MEDSERL_MEDEC_DIR); otherwise `medserl run` uses its demo set
+MEDEC_DIR ?= $(or $(MEDSERL_MEDEC_DIR),$(wildcard ../shared/medec))
 PYTEST_ARGS ?=
 
 .PHONY: help venv run test lint protos check-protos kafka bench clean k8s
@@ -28,7 +30,7 @@ venv: $(VENV)/.installed  ## create the virtualenv (cached outside the clone)
 	@$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e . >/dev/null
 
 run: venv  ## the main job, embedded, offline, CPU: data -> SFT set -> tiny model -> SFT -> RL rollouts -> report
-	$(VENV)/bin/medserl run --out $(RUN_OUT)
+	$(VENV)/bin/medserl run --out $(RUN_OUT) $(if $(MEDEC_DIR),--medec-dir $(MEDEC_DIR),)
 
 test: venv  ## lint, stub freshness, and every test against a real Kafka broker the tests start
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,247 @@
+"""The whole MedSeRL pipeline in one process (embedded mode): what ``make run`` runs.
+
+    data prepare -> SFT set (offline generator + verifier) -> tiny model -> SFT (both roles)
+      -> RL self-play: verifier, injector, frozen assessor and the REINFORCE++ learner as services
+         on the in-memory bus, exactly the code that runs distributed over Kafka
+      -> MEDIQA-CORR evaluation of the frozen assessor beside the trivial baselines
+      -> runs/<name>/report.md with plots and summary.json
+
+Every stage writes its outputs under ``--out`` and the report links them. Nothing here needs a
+network or a GPU; swap ``--model-name`` for a real model and the bus for Kafka to scale it up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "runs/latest"
+    medec_dir: str | None = None  # MEDEC CSVs / pair JSONL; None -> $MEDSERL_MEDEC_DIR, else the demo set
+    seed: int = 0
+    sft_pairs: int = 40  # MEDEC pairs -> 2 SFT examples each (CORRECT + INCORRECT)
+    sft_epochs: float = 4.0
+    sft_learning_rate: float = 2e-3  # a randomly initialised tiny model needs a large step
+    sft_batch_size: int = 8
+    rl_seed_notes: int = 32
+    rl_updates: int = 3
+    rl_rollouts_per_update: int = 16
+    rl_group_size: int = 4
+    rl_learning_rate: float = 1e-4
+    rl_max_new_tokens: int = 96
+    rl_timeout_s: float = 900.0
+    eval_notes: int = 60
+    progress: bool = True
+
+
+@dataclass
+class StageTimes:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str):
+        times = self
+
+        class _Timer:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                print(f"\n== {name}", flush=True)
+
+            def __exit__(self, *exc):
+                times.seconds[name] = round(time.perf_counter() - self.start, 1)
+                print(f"   {name}: {times.seconds[name]} s", flush=True)
+
+        return _Timer()
+
+
+def resolve_inputs(medec_dir: str | None) -> tuple[list[Path], str]:
+    """Data files to prepare and a label for the report."""
+    from services.common.medec import default_medec_dir, demo_csv_path, find_medec_files
+
+    root = Path(medec_dir) if medec_dir else default_medec_dir()
+    if root is not None:
+        if not root.is_dir():
+            raise FileNotFoundError(f"--medec-dir {root} is not a directory")
+        csvs, jsonls = find_medec_files(root)
+        if csvs or jsonls:
+            return [*csvs, *jsonls], f"MEDEC ({root})"
+    return [demo_csv_path()], "demo set (services/common/demo_data; set MEDSERL_MEDEC_DIR for MEDEC)"
+
+
+def stage_data(config: PipelineConfig, out: Path) -> dict:
+    from services.common.medec import prepare, write_prepared
+
+    inputs, label = resolve_inputs(config.medec_dir)
+    result = prepare(inputs, seed=config.seed)
+    paths = write_prepared(result, out / "data")
+    summary = result.summary()
+    print(f"   {label}: {summary['pairs']} pairs {summary['pairs_per_split']}")
+    return {"label": label, "summary": summary, "paths": {k: str(v) for k, v in paths.items()},
+            "eval_csv": next((str(p) for p in inputs if "test" in p.name.lower() and p.suffix == ".csv"),
+                             next((str(p) for p in inputs if p.suffix == ".csv"), None))}
+
+
+def stage_sft_data(config: PipelineConfig, out: Path, data: dict) -> dict:
+    from services.generator.pipeline import GeneratorConfig, generate_sft
+
+    report = generate_sft(GeneratorConfig(input_jsonl=data["paths"]["sft_train"], output_dir=str(out / "sft_data"),
+                                          num_pairs=config.sft_pairs, seed=config.seed, offline=True,
+                                          add_reasoning=True, progress=config.progress))
+    return report
+
+
+def stage_tiny_model(config: PipelineConfig, out: Path, data: dict) -> dict:
+    from trainer.tiny_model import build_tiny_model, model_size
+
+    texts = []
+    for line in Path(data["paths"]["notes"]).read_text().splitlines():
+        record = json.loads(line)
+        if record.get("split") != "eval":  # the tokenizer never sees evaluation notes
+            texts.append(record["text"])
+    model_dir = build_tiny_model(out / "models" / "tiny", texts, seed=config.seed)
+    return {"path": str(model_dir), **model_size(model_dir)}
+
+
+def stage_sft(config: PipelineConfig, out: Path, tiny: dict) -> dict:
+    from trainer.sft import SFTRunConfig, run_sft
+
+    result = run_sft(SFTRunConfig(model_name=tiny["path"], train_data=str(out / "sft_data" / "sft_combined_safe.jsonl"),
+                                  save_path=str(out / "models" / "sft"), num_epochs=config.sft_epochs,
+                                  batch_size=config.sft_batch_size, learning_rate=config.sft_learning_rate,
+                                  role="both", device="cpu", seed=config.seed, eval_fraction=0.1, logging_steps=5,
+                                  progress=config.progress, save_total_limit=1))
+    return {"save_path": result.save_path, "loss_curve": result.loss_curve, "eval_curve": result.eval_curve,
+            "steps": result.global_step, "seconds": round(result.train_seconds, 1),
+            "train_examples": result.num_train_examples, "eval_examples": result.num_eval_examples}
+
+
+def _seed_notes(rl_train_path: str, limit: int):
+    from medserl.v1 import messages_pb2 as pb
+    from services.common.medec import load_pairs_jsonl
+
+    notes = []
+    for pair in load_pairs_jsonl(rl_train_path)[:limit]:
+        notes.append(pb.Note(note_id=pair.note_id, text=pair.correct_note, split="rl_train", source=pair.source,
+                             sentences=[pb.Sentence(id=i, text=s) for i, s in pair.correct_sentences]))
+    return notes
+
+
+def stage_rl(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict:
+    """Self-play on the in-memory bus with the same services that run on Kafka in production."""
+    from tqdm import tqdm
+
+    from medserl.v1 import messages_pb2 as pb
+    from services.assessor.service import AssessorService, AssessorSettings
+    from services.common.bus import MemoryBus
+    from services.common.runtime import ServiceRuntime
+    from services.common.topics import ALL_TOPICS, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_SCORED
+    from services.injector.service import InjectorService, InjectorSettings
+    from services.verifier.service import VerifierService, VerifierSettings
+    from trainer.service import TrainerService, TrainerSettings
+
+    bus = MemoryBus()
+    bus.ensure_topics(list(ALL_TOPICS))
+    model = sft["save_path"]
+    common = {"bus": "memory", "grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_port": -1, "poll_timeout_s": 0.2}
+    services = [
+        VerifierService(VerifierSettings(**common), bus),
+        AssessorService(AssessorSettings(**common, model=model, max_batch_size=16), bus),
+        InjectorService(InjectorSettings(**common, model=model, group_size=config.rl_group_size, max_batch=4,
+                                         max_new_tokens=config.rl_max_new_tokens, seed=config.seed,
+                                         learner_batch_rollouts=config.rl_rollouts_per_update, max_staleness=1), bus),
+        TrainerService(TrainerSettings(**common, model_name=model, checkpoint_dir=str(out / "models" / "rl"), lora=False,
+                                       rollouts_per_update=config.rl_rollouts_per_update,
+                                       learning_rate=config.rl_learning_rate, max_updates=config.rl_updates,
+                                       micro_batch_size=4, seed=config.seed), bus),
+    ]
+    runtimes = [ServiceRuntime(s).start() for s in services]
+    watcher = bus.consumer([ROLLOUTS_SCORED, POLICY_UPDATES], "pipeline-report")
+    producer = bus.producer()
+    seeds = _seed_notes(data["paths"]["rl_train"], config.rl_seed_notes)
+    for note in seeds:
+        producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
+    scored: dict[str, dict] = {}
+    updates: list[dict] = []
+    deadline = time.monotonic() + config.rl_timeout_s
+    timed_out = False
+    try:
+        with tqdm(total=config.rl_updates, desc="RL policy versions", unit="version", disable=not config.progress) as bar:
+            while len(updates) < config.rl_updates:
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                if any(rt.failed for rt in runtimes):
+                    raise RuntimeError("a service failed during self-play; see the log above")
+                for record in watcher.poll(0.5, 500):
+                    if record.topic == POLICY_UPDATES:
+                        update = pb.PolicyUpdate.FromString(record.value)
+                        updates.append({"version": update.version, "uri": update.checkpoint_uri})
+                        bar.update(1)
+                        continue
+                    rollout = pb.ScoredRollout.FromString(record.value).rollout
+                    scored[rollout.rollout_id] = {
+                        "mode": pb.Mode.Name(rollout.mode), "version": rollout.policy_version,
+                        "reward": rollout.reward.total, "outcome": rollout.reward.outcome,
+                        "verified": rollout.verification.passed,
+                        "failed_checks": [c.name for c in rollout.verification.checks if not c.passed],
+                        "flag": rollout.verdict.error_flag, "p_flag": rollout.verdict.flag_probability,
+                    }
+                    bar.set_postfix(rollouts=len(scored))
+    finally:
+        watcher.close()
+        for runtime in reversed(runtimes):
+            runtime.shutdown()
+    history = services[-1].loop.history
+    (out / "rl_rollouts.jsonl").write_text("".join(json.dumps({"id": k, **v}) + "\n" for k, v in scored.items()))
+    return {"seed_notes": len(seeds), "rollouts": len(scored), "updates": updates, "history": history,
+            "timed_out": timed_out, "rollouts_file": str(out / "rl_rollouts.jsonl")}
+
+
+def stage_eval(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict | None:
+    from services.assessor import mediqa_eval as me
+    from services.assessor.evaluate import assess_reference
+
+    if not data.get("eval_csv"):
+        return None
+    reference = me.load_reference(data["eval_csv"])
+    outcome = assess_reference(reference, None, {"model": sft["save_path"], "max_batch_size": 16},
+                               out_path=out / "eval" / "assessor-run.txt", limit=config.eval_notes,
+                               progress=config.progress)
+    rows = outcome.reference
+    return {"reference": data["eval_csv"], "notes": len(rows), "flag_rate": outcome.flag_rate,
+            "unparsed": outcome.unparsed,
+            "assessor": me.score(rows, outcome.run),
+            "baseline_no_error": me.score(rows, me.baseline_run(rows, None)),
+            "baseline_last_sentence": me.score(rows, me.baseline_run(rows, outcome.last_sentence_ids))}
+
+
+def run_pipeline(config: PipelineConfig) -> dict:
+    from medserl.report import write_report
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    times = StageTimes()
+    results: dict = {"config": asdict(config)}
+    with times.timed("1/6 data prepare"):
+        results["data"] = stage_data(config, out)
+    with times.timed("2/6 SFT set (offline generator, verified)"):
+        results["sft_data"] = stage_sft_data(config, out, results["data"])
+    with times.timed("3/6 tiny model"):
+        results["tiny_model"] = stage_tiny_model(config, out, results["data"])
+    with times.timed("4/6 SFT"):
+        results["sft"] = stage_sft(config, out, results["tiny_model"])
+    with times.timed("5/6 RL self-play (verifier, injector, assessor, learner on the in-memory bus)"):
+        results["rl"] = stage_rl(config, out, results["sft"], results["data"])
+    with times.timed("6/6 MEDIQA-CORR evaluation of the frozen assessor"):
+        results["eval"] = stage_eval(config, out, results["sft"], results["data"])
+    results["stage_seconds"] = times.seconds
+    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    report = write_report(results, out)
+    print(f"\nreport: {report}")
+    return results
