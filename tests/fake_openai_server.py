@@ -7,7 +7,7 @@ Speaks the parts of the real API the generator uses:
   tokens, in 128-token steps), ``system_fingerprint`` and ``x-ratelimit-*`` headers from two token
   buckets (requests and tokens per minute; a request is charged prompt + max_completion_tokens).
 * ``GET /v1/chat/completions?metadata[k]=v`` (stored completions, ``store: true``).
-* ``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches/{id}``.
+* ``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches[/{id}]``.
 
 It answers like a careful model: the paraphrase task gets a one-sentence rule-based paraphrase of
 the note it was sent (the offline paraphraser), the reasoning task a template explanation.
@@ -150,6 +150,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/files", self.upload)
         app.router.add_get("/v1/files/{file_id}/content", self.file_content)
         app.router.add_post("/v1/batches", self.create_batch)
+        app.router.add_get("/v1/batches", self.list_batches)
         app.router.add_get("/v1/batches/{batch_id}", self.get_batch)
         return app
 
@@ -401,6 +402,11 @@ class FakeOpenAI:
         self.stats.batches_created += 1
         asyncio.get_running_loop().create_task(self._run_batch(batch))
         return web.json_response(self._batch_object(batch))
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        data = [self._batch_object(b) for b in reversed(self.batches.values())][: int(request.query.get("limit", 20))]
+        return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                                  "last_id": data[-1]["id"] if data else None, "has_more": False})
 
     async def get_batch(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["batch_id"])

@@ -193,7 +193,7 @@ def test_killed_run_resumes_with_zero_repeated_paid_requests(tmp_path, pairs_pat
     proc.wait(10)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     billed_before = sum(server.stats.billed.values())
-    done_before = len(progress.read_text().splitlines())
+    done_before = len(read_jsonl(progress))  # a line torn by the kill does not count
     assert 8 <= done_before < 30
 
     resumed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -283,3 +283,55 @@ def test_rate_limit_headers_drive_the_client_limiter():
                     "x-ratelimit-limit-tokens": "200000", "x-ratelimit-remaining-tokens": "1000"})
     assert limiter.requests.limit == 500 and limiter.tokens.limit == 200000
     assert limiter.requests.level <= 4 and limiter.tokens.wait_for(5000) > 0
+
+
+def test_a_request_in_flight_when_the_process_died_is_recovered_not_repaid(tmp_path, pairs_path, fake_server):
+    import asyncio
+
+    from services.generator.client import ChatRequest, OnlineExecutor, make_openai_client
+    from services.generator.costs import price_for
+    from services.generator.ledger import Ledger
+
+    server = fake_server()
+    pair = load_pairs_jsonl(pairs_path)[0]
+    prompts = load_prompts()
+    req = ChatRequest(pair.pair_id, "paraphrase", 0, prompts.paraphrase_messages(pair.correct_sentences),
+                      prompts.paraphrase.schema, "gpt-4o", 0.7, 300, 0, prompts.hash)
+
+    async def scenario() -> tuple[str, int]:
+        ledger = Ledger(tmp_path / "ledger.sqlite")
+        # the dead run: marked pending, sent (and billed), never recorded
+        ledger.mark_pending(req.key)
+        dead = make_openai_client("sk-test", server.base_url, 5)
+        await dead.chat.completions.create(**req.body(store=True))
+        await dead.close()
+        executor = OnlineExecutor(make_openai_client("sk-test", server.base_url, 5), ledger, Budget(1.0),
+                                  TokenCounter("gpt-4o"), price_for("gpt-4o"))
+        result = await executor.call(req)
+        await executor.aclose()
+        return result.via, executor.stats.http_requests
+
+    via, sent = asyncio.run(scenario())
+    assert via == "recovered" and sent == 0
+    assert server.stats.max_billed_per_key() == 1 and sum(server.stats.billed.values()) == 1
+
+
+def test_batch_run_killed_while_its_batch_is_open_polls_it_instead_of_paying_again(tmp_path, pairs_path, fake_server):
+    server = fake_server(batch_delay_s=1.5)
+    out = tmp_path / "batch-killed"
+    cmd = [sys.executable, "-m", "medserl", "generate-sft", "--input-jsonl", str(pairs_path), "--output-dir", str(out),
+           "--num-pairs", "6", "--add-reasoning", "--base-url", server.base_url, "--batch", "--batch-poll", "0.05",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OPENAI_API_KEY": "sk-test"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and server.stats.batches_created < 1:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL and server.stats.batches_created == 1
+    report = generate_sft(online_config(server, pairs_path, out, num_pairs=6, batch=True))
+    assert report["state"] == "done"
+    assert_balanced(out, 6)
+    s = server.stats
+    assert s.max_billed_per_key() == 1 and s.batch_lines == len(s.billed)  # the open batch was not resubmitted

@@ -66,9 +66,25 @@ class BatchExecutor:
 
     async def resume(self) -> None:
         """Collect batches an earlier (killed) run left open; their answers land in the cache."""
-        for batch_id, keys in self.ledger.open_batches():
+        for file_id, batch_id, keys in self.ledger.open_batches():
+            if batch_id is None:  # killed between upload and recording the batch: was it created?
+                batch_id = await self._find_batch(file_id)
+                if batch_id is None:
+                    self.ledger.finish_batch(file_id, "never_created")
+                    continue
+                self.ledger.set_batch(file_id, batch_id)
             log.info("resuming an open batch", extra={"batch_id": batch_id, "requests": len(keys)})
-            await self._collect(batch_id, {k: None for k in keys}, {})
+            await self._collect(batch_id, file_id, {k: None for k in keys}, {})
+
+    async def _find_batch(self, input_file_id: str, max_scan: int = 1000) -> str | None:
+        scanned = 0
+        async for batch in self.client.batches.list(limit=100):
+            if batch.input_file_id == input_file_id:
+                return batch.id
+            scanned += 1
+            if scanned >= max_scan:
+                break
+        return None
 
     async def aclose(self) -> None:
         if self._flusher is not None and not self._flusher.done():
@@ -114,8 +130,8 @@ class BatchExecutor:
                 return
             if round_no:
                 self.stats.retries += len(todo)
-            batch_id = await self._submit([requests[k] for k in todo])
-            ok, failed = await self._collect(batch_id, {k: requests[k] for k in todo}, reservations)
+            file_id, batch_id = await self._submit([requests[k] for k in todo])
+            ok, failed = await self._collect(batch_id, file_id, {k: requests[k] for k in todo}, reservations)
             for key, result in ok.items():
                 for future in waiting[key]:
                     if not future.done():
@@ -142,20 +158,21 @@ class BatchExecutor:
                 raise RequestFailed(f"{what} failed: HTTP {exc.status_code}: {exc.message}") from exc
         raise RequestFailed(f"{what} failed")
 
-    async def _submit(self, reqs: list[ChatRequest]) -> str:
+    async def _submit(self, reqs: list[ChatRequest]) -> tuple[str, str]:
         lines = [{"custom_id": r.key, "method": "POST", "url": "/v1/chat/completions", "body": r.body(store=False)}
                  for r in reqs]
         data = ("\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n").encode("utf-8")
         upload = await self._with_retries("batch file upload", lambda: self.client.files.create(
             file=("medserl-sft-batch.jsonl", data, "application/jsonl"), purpose="batch"))
+        self.ledger.add_upload(upload.id, [r.key for r in reqs])
         batch = await self._with_retries("batch create", lambda: self.client.batches.create(
             input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
             metadata={"source": "medserl-generate-sft"}))
-        self.ledger.add_batch(batch.id, upload.id, [r.key for r in reqs])
+        self.ledger.set_batch(upload.id, batch.id)
         self.stats.batches += 1
         self.stats.http_requests += len(reqs)
         log.info("batch submitted", extra={"batch_id": batch.id, "requests": len(reqs)})
-        return batch.id
+        return upload.id, batch.id
 
     async def _read_file(self, file_id: str) -> list[dict]:
         content = await self._with_retries("batch file download", lambda: self.client.files.content(file_id))
@@ -168,7 +185,7 @@ class BatchExecutor:
                     log.warning("unreadable line in a batch result file", extra={"file_id": file_id})
         return rows
 
-    async def _collect(self, batch_id: str, reqs: dict[str, ChatRequest | None],
+    async def _collect(self, batch_id: str, file_id: str, reqs: dict[str, ChatRequest | None],
                        reservations: dict[str, Reservation]) -> tuple[dict[str, ChatResult], dict[str, str]]:
         """Wait for the batch, read output AND error files; returns (results by key, failures by key)."""
         while True:
@@ -218,5 +235,5 @@ class BatchExecutor:
                 self.budget.release(reservations[key])  # failed lines are not billed
             req = reqs[key]
             self.stats.outcome("batch_line_failed", req.task if req else "resumed")
-        self.ledger.finish_batch(batch_id, batch.status)
+        self.ledger.finish_batch(file_id, batch.status)
         return ok, failed

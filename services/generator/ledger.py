@@ -5,7 +5,9 @@ resumed after ``kill -9`` never pays for it again. The key covers (pair, task, a
 model, sampling params, messages digest). Every HTTP attempt is logged; a request marked ``pending``
 but never answered was in flight when the process died: the client first tries to recover it from
 the provider (stored completions by metadata) before sending it again. Open Batch API jobs are kept
-too, so a resumed batch run polls its batch instead of submitting (and paying for) a new one.
+too, so a resumed batch run polls its batch instead of submitting (and paying for) a new one. The
+input file id is recorded before the batch is created, so even a kill between "create batch" and
+"record its id" is recovered: the resumed run finds the batch by its input file.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     started REAL, finished REAL);
 CREATE TABLE IF NOT EXISTS pending (key TEXT PRIMARY KEY, sent REAL);
 CREATE TABLE IF NOT EXISTS batches (
-    batch_id TEXT PRIMARY KEY, input_file_id TEXT, keys TEXT, state TEXT, created REAL, finished REAL);
+    input_file_id TEXT PRIMARY KEY, batch_id TEXT, keys TEXT, state TEXT, created REAL, finished REAL);
 """
 
 
@@ -92,16 +94,24 @@ class Ledger:
             return dict(self._db.execute("SELECT outcome, COUNT(*) FROM attempts GROUP BY outcome").fetchall())
 
     # --- Batch API jobs -----------------------------------------------------------------------------
-    def add_batch(self, batch_id: str, input_file_id: str, keys: list[str]) -> None:
+    def add_upload(self, input_file_id: str, keys: list[str]) -> None:
+        """The batch input file is uploaded; the batch may be created any moment now."""
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?,?)",
-                             (batch_id, input_file_id, json.dumps(keys), "open", time.time(), None))
+                             (input_file_id, None, json.dumps(keys), "uploaded", time.time(), None))
 
-    def finish_batch(self, batch_id: str, state: str) -> None:
+    def set_batch(self, input_file_id: str, batch_id: str) -> None:
         with self._lock:
-            self._db.execute("UPDATE batches SET state=?, finished=? WHERE batch_id=?", (state, time.time(), batch_id))
+            self._db.execute("UPDATE batches SET batch_id=?, state='open' WHERE input_file_id=?", (batch_id, input_file_id))
 
-    def open_batches(self) -> list[tuple[str, list[str]]]:
+    def finish_batch(self, input_file_id: str, state: str) -> None:
         with self._lock:
-            rows = self._db.execute("SELECT batch_id, keys FROM batches WHERE state='open' ORDER BY created").fetchall()
-        return [(r[0], json.loads(r[1])) for r in rows]
+            self._db.execute("UPDATE batches SET state=?, finished=? WHERE input_file_id=?",
+                             (state, time.time(), input_file_id))
+
+    def open_batches(self) -> list[tuple[str, str | None, list[str]]]:
+        """(input file id, batch id or None if its creation was not recorded, request keys)."""
+        with self._lock:
+            rows = self._db.execute("SELECT input_file_id, batch_id, keys FROM batches WHERE state IN ('uploaded', 'open') "
+                                    "ORDER BY created").fetchall()
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
