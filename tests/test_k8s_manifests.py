@@ -71,3 +71,14 @@ def test_dashboard_and_alerts_use_only_metrics_the_code_defines():
     used = {m for e in exprs for m in re.findall(r"\b(medserl_[a-z_]+)", e)}
     assert used, "no MedSeRL metric on the dashboard"
     assert used <= defined, f"dashboard/alerts use metrics no service exports: {sorted(used - defined)}"
+
+
+def test_every_config_file_in_the_manifests_is_valid_for_its_service():
+    """A typo in a ConfigMap setting fails here, not in a crash-looping pod."""
+    from services.common.registry import load_service_class
+    from services.common.settings import load_settings
+
+    for path in sorted((K8S / "base" / "config").glob("*.yaml")):
+        cls = load_service_class(path.stem)
+        settings = load_settings(cls.settings_cls, path, env={})
+        assert settings.grpc_port == 50051 and settings.metrics_port == 9100
