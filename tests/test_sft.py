@@ -135,16 +135,18 @@ def test_tiny_model_loss_falls_on_medec_sft(tiny_model_dir, sft_jsonl, tmp_path)
 
 
 def test_resumed_run_reproduces_the_uninterrupted_loss_curve(tiny_model_dir, sft_jsonl, tmp_path):
-    common = dict(role="assessor", num_epochs=2, batch_size=4, max_examples=20, eval_fraction=0.2)
+    common = dict(role="assessor", num_epochs=2, batch_size=4, max_examples=14, eval_fraction=0.2)
     full = run_sft(tiny_config(tiny_model_dir, sft_jsonl, tmp_path / "full", **common))
+    # the interruption at step 4 lands mid-way through epoch 2, after epoch 1's eval and checkpoint
+    assert full.eval_curve[0][0] < 4 < full.eval_curve[1][0]
 
     split = tmp_path / "split"
-    first = run_sft(tiny_config(tiny_model_dir, sft_jsonl, split, stop_after_steps=3, **common))
-    assert first.interrupted and first.global_step == 3 and (split / "checkpoint-3").is_dir()
+    first = run_sft(tiny_config(tiny_model_dir, sft_jsonl, split, stop_after_steps=4, **common))
+    assert first.interrupted and first.global_step == 4 and (split / "checkpoint-4").is_dir()
     assert not (split / "model.safetensors").exists()  # an interrupted run leaves only the checkpoint
     resumed = run_sft(tiny_config(tiny_model_dir, sft_jsonl, split, resume=True, **common))
-    assert resumed.extra["resumed_from"].endswith("checkpoint-3")
-    assert resumed.global_step == full.global_step > 3
+    assert resumed.extra["resumed_from"].endswith("checkpoint-4")
+    assert resumed.global_step == full.global_step > 4
 
     assert [s for s, _ in resumed.loss_curve] == [s for s, _ in full.loss_curve]
     for (_, a), (_, b) in zip(resumed.loss_curve, full.loss_curve, strict=True):

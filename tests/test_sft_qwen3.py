@@ -74,3 +74,23 @@ def test_cli_prints_the_estimate_without_downloading(capsys):
     assert chosen.startswith("lora") and float(chosen.split()[-3]) > 10  # total GiB column
     assert "252 modules adapted" in out and "33,030,144 trainable" in out
     assert main(["train", "--estimate-memory", "--model-name", "nobody/no-such-model"]) == 2
+
+
+def test_gpu_check_warns_when_the_recipe_does_not_fit(config, caplog, monkeypatch):
+    """On an 80 GiB GPU the full-FT recipe at 2048-token chats does not fit; at 900 tokens it does."""
+    import logging
+
+    import torch
+
+    from trainer.sft import warn_if_gpu_too_small
+
+    class Props:
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _index: Props())
+    with caplog.at_level(logging.INFO, logger="trainer.sft"):
+        warn_if_gpu_too_small(SFTRunConfig(), config, 2048)
+        warn_if_gpu_too_small(SFTRunConfig(), config, 900)
+        warn_if_gpu_too_small(SFTRunConfig(gradient_checkpointing=True), config, 2048)
+    levels = [r.levelname for r in caplog.records if r.name == "trainer.sft"]
+    assert levels == ["WARNING", "INFO", "INFO"]

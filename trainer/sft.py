@@ -209,9 +209,38 @@ def chat_length(tokenizer, example: dict) -> int:
     return len(encoded["input_ids"])
 
 
-def drop_too_long(tokenizer, examples: list[dict], max_length: int) -> tuple[list[dict], int]:
-    kept = [ex for ex in examples if chat_length(tokenizer, ex) <= max_length]
-    return kept, len(examples) - len(kept)
+def drop_too_long(tokenizer, examples: list[dict], max_length: int) -> tuple[list[dict], int, int]:
+    """(kept examples, how many were dropped, longest kept chat in tokens)."""
+    lengths = [chat_length(tokenizer, ex) for ex in examples]
+    kept = [ex for ex, n in zip(examples, lengths, strict=True) if n <= max_length]
+    longest = max((n for n in lengths if n <= max_length), default=0)
+    return kept, len(examples) - len(kept), longest
+
+
+def warn_if_gpu_too_small(config: SFTRunConfig, model_config, longest_chat: int) -> None:
+    """Log the memory estimate for the real batch shape, and a warning when it exceeds the GPU."""
+    import torch
+
+    from trainer.memory import estimate_training_memory
+
+    estimate = estimate_training_memory(
+        model_config,
+        batch_size=config.batch_size,
+        seq_len=max(1, longest_chat),
+        lora=config.lora,
+        lora_r=config.lora_r,
+        lora_targets=tuple(config.lora_target_modules),
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    extra = {"estimate_gib": estimate.total_gib, "gpu_gib": round(gpu_gib, 1), "longest_chat": longest_chat}
+    if estimate.total_gib > gpu_gib:
+        log.warning(
+            "estimated training memory exceeds the GPU: use --gradient-checkpointing, --lora or a smaller batch",
+            extra=extra,
+        )
+    else:
+        log.info("estimated training memory fits the GPU", extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,10 +314,10 @@ def build_trainer(config: SFTRunConfig, extra_callbacks: list | None = None) -> 
     device, dtype = resolve_device(config.device)
     model, tokenizer = load_model_and_tokenizer(config.model_name, dtype)
 
-    train_examples, dropped = drop_too_long(
+    train_examples, dropped, longest = drop_too_long(
         tokenizer, sft_examples(train_records, config.role), config.max_length
     )
-    eval_examples, dropped_eval = drop_too_long(
+    eval_examples, dropped_eval, _ = drop_too_long(
         tokenizer, sft_examples(eval_records, config.role), config.max_length
     )
     dropped += dropped_eval
@@ -300,6 +329,8 @@ def build_trainer(config: SFTRunConfig, extra_callbacks: list | None = None) -> 
     if not train_examples:
         raise SFTError(f"no training chat fits max_length={config.max_length} tokens")
 
+    if device == "cuda":
+        warn_if_gpu_too_small(config, model.config, longest)
     save_path = Path(config.save_path)
     save_path.mkdir(parents=True, exist_ok=True)
     has_eval = bool(eval_examples)
