@@ -37,8 +37,6 @@ _RULES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
     (r"\bsubsequently\b", "later"),
     (r"\bCurrent medications include\b", "Current medications consist of"),
     (r"\bbecause of\b", "due to"),
-    (r"\bis significant for\b", "is notable for"),
-    (r"\bare significant for\b", "are notable for"),
     (r"\bstates that\b", "reports that"),
     (r"\b(is|are|was|were) started\b", r"\1 initiated"),
     (r"\bthen\b", "subsequently"),
@@ -115,8 +113,20 @@ def offline_paraphrase(sentences: list[tuple[int, str]], pair_id: str, attempt: 
     return sid, new
 
 
+_STOPWORDS = frozenset("the a an of and or to in on at for with is was are were be been has had have this that it its "
+                       "his her their patient patients which who as by from not will".split())
+
+
+def _has_content_word(words: list[str]) -> bool:
+    return any(len(w) > 2 and w not in _STOPWORDS for w in (re.sub(r"[^a-z0-9]", "", x.lower()) for x in words))
+
+
 def changed_spans(wrong: str, right: str) -> tuple[str, str]:
-    """The differing word spans of two sentences (wrong side, right side), whole words only."""
+    """The differing word spans of two sentences (wrong side, right side), whole words only.
+
+    A span made only of small words ("is", "B") is widened by a word on each side until both sides
+    name something a reader can find in the sentence.
+    """
     a, b = wrong.split(), right.split()
     matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
     blocks = [op for op in matcher.get_opcodes() if op[0] != "equal"]
@@ -124,6 +134,10 @@ def changed_spans(wrong: str, right: str) -> tuple[str, str]:
         return wrong.strip(), right.strip()
     i1, i2 = blocks[0][1], blocks[-1][2]
     j1, j2 = blocks[0][3], blocks[-1][4]
+    for _ in range(4):
+        if _has_content_word(a[i1:i2]) and _has_content_word(b[j1:j2]):
+            break
+        i1, i2, j1, j2 = max(0, i1 - 1), min(len(a), i2 + 1), max(0, j1 - 1), min(len(b), j2 + 1)
     strip = ".,;:"
     wrong_span = " ".join(a[i1:i2]).strip(strip) or " ".join(a).strip(strip)
     right_span = " ".join(b[j1:j2]).strip(strip) or " ".join(b).strip(strip)
