@@ -40,7 +40,8 @@ class ServiceProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.stderr_lines: list[str] = []
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
         self.grpc_port = self._wait_ready()
 
     def _drain_stderr(self) -> None:
@@ -66,6 +67,16 @@ class ServiceProcess:
     def terminate(self, timeout_s: float = 60) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout_s)
+
+    def processed_at_shutdown(self) -> int:
+        """Messages the service committed before it stopped (from its JSON 'service stopped' log line)."""
+        import json
+
+        self._stderr_thread.join(10)  # the process has exited: read its log to the end
+        for line in self.stderr_lines:
+            if '"service stopped"' in line:
+                return int(json.loads(line)["processed"])
+        raise AssertionError(f"{self.name} did not log a clean stop: {''.join(self.stderr_lines)[-2000:]}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -187,6 +198,8 @@ def test_sigterm_during_traffic_loses_no_message(kafka, kafka_bootstrap, medec_p
         publisher.start()
         time.sleep(1.5)
         assert verifier.terminate() == 0, "SIGTERM must end in a clean shutdown"
+        processed_before = verifier.processed_at_shutdown()
+        assert 0 < processed_before < len(rollouts), "the SIGTERM must land in the middle of the traffic"
         verifier = ServiceProcess("verifier", kafka_bootstrap, group, "--set", "max_batch=4")
         publisher.join()
         scored = collect_scored(kafka, f"reader-{unique}", {r.rollout_id for r in rollouts})
