@@ -265,9 +265,14 @@ def test_serve_assessor_with_a_baseline_needs_no_model(medec_notes):
 
 
 @pytest.mark.kafka
-def test_kafka_round_trip_with_the_tiny_model(kafka_bootstrap, tiny_model_dir, medec_notes, unique):
+def test_kafka_round_trip_with_the_tiny_model(kafka_bootstrap, tiny_model_dir, medec_notes, unique, monkeypatch):
+    from services.assessor import service as assessor_module
     from services.common.kafka_bus import KafkaBus
 
+    # topics of this test only, so no other test's assessor scores these rollouts (or we theirs)
+    verified_topic, scored_topic = f"{ROLLOUTS_VERIFIED}.{unique}", f"{ROLLOUTS_SCORED}.{unique}"
+    monkeypatch.setattr(assessor_module, "ROLLOUTS_VERIFIED", verified_topic)
+    monkeypatch.setattr(assessor_module, "ROLLOUTS_SCORED", scored_topic)
     bus = KafkaBus(kafka_bootstrap)
     settings = AssessorSettings(bus="kafka", kafka_bootstrap=kafka_bootstrap, grpc_port=0, metrics_port=-1,
                                 group_id=f"assessor-{unique}", poll_timeout_s=0.2, backend="transformers",
@@ -279,11 +284,11 @@ def test_kafka_round_trip_with_the_tiny_model(kafka_bootstrap, tiny_model_dir, m
     try:
         producer = bus.producer()
         for rollout in [*rollouts, bad]:
-            producer.publish(ROLLOUTS_VERIFIED, rollout.SerializeToString(), key=rollout.group_id)
-        producer.publish(ROLLOUTS_VERIFIED, b"\xff\xfe not protobuf", key="junk")
+            producer.publish(verified_topic, rollout.SerializeToString(), key=rollout.group_id)
+        producer.publish(verified_topic, b"\xff\xfe not protobuf", key="junk")
         producer.flush()
         wanted = {r.rollout_id for r in rollouts}
-        consumer = bus.consumer([ROLLOUTS_SCORED], f"check-{unique}")
+        consumer = bus.consumer([scored_topic], f"check-{unique}")
         scored: dict[str, pb.Rollout] = {}
         deadline = time.monotonic() + 180
         while not wanted <= set(scored) and time.monotonic() < deadline:

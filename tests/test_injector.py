@@ -55,8 +55,9 @@ def unique_notes(notes: list[pb.Note], tag: str) -> list[pb.Note]:
     return out
 
 
-def collect(bus, group: str, seed_ids: set[str], want: int, timeout_s: float = 120) -> list[pb.Rollout]:
-    consumer = bus.consumer([ROLLOUTS_GENERATED], group)
+def collect(bus, group: str, seed_ids: set[str], want: int, timeout_s: float = 120,
+            topic: str = ROLLOUTS_GENERATED) -> list[pb.Rollout]:
+    consumer = bus.consumer([topic], group)
     got: dict[str, pb.Rollout] = {}
     deadline = time.monotonic() + timeout_s
     try:
@@ -114,37 +115,43 @@ def test_bad_settings_are_refused(tiny_model_dir):
 
 @pytest.mark.kafka
 def test_kafka_round_trip_and_a_policy_version_published_mid_stream(kafka_bootstrap, tiny_model_dir, seed_notes,
-                                                                    adapters, unique):
+                                                                    adapters, unique, monkeypatch):
     from services.common.kafka_bus import KafkaBus
+    from services.injector import service as injector_module
 
+    # topics of this test only: the shared broker keeps no policy version of ours for later tests
+    seed_topic, generated_topic, updates_topic = (f"{t}.{unique}" for t in (NOTES_SEED, ROLLOUTS_GENERATED, POLICY_UPDATES))
+    monkeypatch.setattr(injector_module, "NOTES_SEED", seed_topic)
+    monkeypatch.setattr(injector_module, "ROLLOUTS_GENERATED", generated_topic)
+    monkeypatch.setattr(injector_module, "POLICY_UPDATES", updates_topic)
     bus = KafkaBus(kafka_bootstrap)
     settings = settings_for(tiny_model_dir, bus="kafka", kafka_bootstrap=kafka_bootstrap, group_size=3,
                             group_id=f"injector-{unique}", poll_timeout_s=0.2)
     service = InjectorService(settings, bus)
     runtime = ServiceRuntime(service).start()
-    new_version = 1_000_000 + int(time.time()) % 100_000  # above any version other tests publish
+    new_version = 7
     first, second = unique_notes(seed_notes[:4], f"a-{unique}"), unique_notes(seed_notes[4:8], f"b-{unique}")
     by_id = {n.note_id: n for n in first + second}
     try:
         producer = bus.producer()
         for note in first:
-            producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
-        producer.publish(NOTES_SEED, pb.Note(note_id=f"empty-{unique}").SerializeToString(), key="empty")
+            producer.publish(seed_topic, note.SerializeToString(), key=note.note_id)
+        producer.publish(seed_topic, pb.Note(note_id=f"empty-{unique}").SerializeToString(), key="empty")
         producer.flush()
         # the learner publishes a new policy while the first seeds are being processed
         update = pb.PolicyUpdate(version=new_version, checkpoint_uri=f"file://{adapters[0]}", kind="lora",
                                  base_model=str(tiny_model_dir), learner_step=1)
-        producer.publish(POLICY_UPDATES, update.SerializeToString(), key="policy")
+        producer.publish(updates_topic, update.SerializeToString(), key="policy")
         producer.flush()
-        early = collect(bus, f"check-a-{unique}", {n.note_id for n in first}, 12)
+        early = collect(bus, f"check-a-{unique}", {n.note_id for n in first}, 12, topic=generated_topic)
         deadline = time.monotonic() + 60
         while service.policy.version != new_version and time.monotonic() < deadline:
             time.sleep(0.2)
         assert service.policy.version == new_version
         for note in second:
-            producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
+            producer.publish(seed_topic, note.SerializeToString(), key=note.note_id)
         producer.flush()
-        late = collect(bus, f"check-b-{unique}", {n.note_id for n in second}, 12)
+        late = collect(bus, f"check-b-{unique}", {n.note_id for n in second}, 12, topic=generated_topic)
         letters = []
         consumer = bus.consumer([DEAD_LETTER], f"dl-{unique}")
         deadline = time.monotonic() + 60
