@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from medserl.v1 import messages_pb2 as pb
 from medserl.v1 import verifier_pb2, verifier_pb2_grpc
@@ -45,9 +46,15 @@ def server():
     runtime.shutdown()
 
 
+def _sample(name: str, labels: dict) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_grpc_verify_passes_a_paraphrase_and_rejects_a_drug_swap(server, val):
     stub, _ = server
     original = val["ms-val-11"].sentences
+    before = (_sample("medserl_verifications_total", {"mode": "paraphrase", "passed": "false"}),
+              _sample("medserl_verifier_check_failures_total", {"mode": "paraphrase", "check": "drug_preserved"}))
     ok = stub.Verify(verifier_pb2.VerifyRequest(
         id="p1", mode=pb.MODE_PARAPHRASE, original=note(original),
         modified=note(edit(original, 3, "His current medications are glucosamine, amlodipine, and meloxicam."))))
@@ -57,6 +64,10 @@ def test_grpc_verify_passes_a_paraphrase_and_rejects_a_drug_swap(server, val):
         modified=note(edit(original, 3, "Current medications include glucosamine, amlodipine, and ibuprofen."))))
     assert not bad.passed
     assert "drug_preserved" in {c.name for c in bad.checks if not c.passed}
+    after = (_sample("medserl_verifications_total", {"mode": "paraphrase", "passed": "false"}),
+             _sample("medserl_verifier_check_failures_total", {"mode": "paraphrase", "check": "drug_preserved"}))
+    assert after == (before[0] + 1, before[1] + 1)
+    assert _sample("medserl_verify_seconds_count", {"mode": "paraphrase"}) >= 2
 
 
 def test_grpc_verify_segments_plain_text_notes(server):
