@@ -22,12 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fake_openai_server import FakeConfig, FakeOpenAI  # noqa: E402
 
 from services.common.medec import default_medec_dir  # noqa: E402
 from services.generator.pipeline import GeneratorConfig, generate_sft  # noqa: E402
+from tests.fake_openai_server import FakeConfig, FakeOpenAI  # noqa: E402
 
 
 def floor_s(requests: int, tokens: int, rpm: float, tpm: float, latency: float) -> float:

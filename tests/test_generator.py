@@ -20,9 +20,7 @@ from services.generator.pipeline import GeneratorConfig, GeneratorError, generat
 from services.generator.prompts import load_prompts
 from services.generator.ratelimit import RateLimiter, parse_duration, retry_after_s
 from services.verifier.checks import verify
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_openai_server import FakeConfig, FakeOpenAI  # noqa: E402
+from tests.fake_openai_server import FakeConfig, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT_FAULTS = {"refusal": 0.05, "bad_content": 0.05, "drug_change": 0.12, "number_change": 0.12}

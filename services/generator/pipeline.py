@@ -702,6 +702,7 @@ class SftGenerator:
             "tokens": {"prompt": stats.prompt_tokens if stats else 0, "cached": stats.cached_tokens if stats else 0,
                        "completion": stats.completion_tokens if stats else 0},
             "cost_usd": round(stats.cost_usd, 8) if stats else 0.0,
+            "cost_usd_all_runs": round(self._cost_in_outputs(), 8),
             "cost_usd_possibly_billed": round(self.budget.possibly_billed, 8),
             "budget_usd": c.max_cost_usd,
             "price_table": price_table(self.price, c.model, c.batch),
@@ -719,6 +720,12 @@ class SftGenerator:
             "wall_time_s": round(wall_s, 3),
             "config": c.public(),
         }
+
+    def _cost_in_outputs(self) -> float:
+        """What every answer behind the output files cost, this run and the runs it resumed."""
+        rows = (read_jsonl(self.out_dir / "sft_correct.jsonl") + read_jsonl(self.out_dir / "sft_incorrect.jsonl")
+                + [r.get("record", r) for r in read_jsonl(self.out_dir / "rejected.jsonl")])
+        return sum(float(r.get("cost_usd") or 0.0) for r in rows)
 
     # --- dry run ------------------------------------------------------------------------------------
     def dry_run(self, pairs: list[PairRecord]) -> dict:
