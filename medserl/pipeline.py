@@ -36,6 +36,7 @@ class PipelineConfig:
     rl_group_size: int = 4
     rl_learning_rate: float = 1e-4
     rl_max_new_tokens: int = 96
+    eval_max_new_tokens: int = 96
     rl_timeout_s: float = 900.0
     eval_notes: int = 60
     progress: bool = True
@@ -210,7 +211,8 @@ def stage_eval(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict
     if not data.get("eval_csv"):
         return None
     reference = me.load_reference(data["eval_csv"])
-    outcome = assess_reference(reference, None, {"model": sft["save_path"], "max_batch_size": 16},
+    outcome = assess_reference(reference, None, {"model": sft["save_path"], "max_batch_size": 16,
+                                                "max_new_tokens": config.eval_max_new_tokens},
                                out_path=out / "eval" / "assessor-run.txt", limit=config.eval_notes,
                                progress=config.progress)
     rows = outcome.reference

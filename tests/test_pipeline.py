@@ -1,0 +1,34 @@
+"""``medserl run`` end to end on the bundled demo set (no MEDEC needed), at smoke-test size."""
+
+from __future__ import annotations
+
+import json
+
+from medserl.cli import main
+from medserl.pipeline import PipelineConfig, run_pipeline
+
+
+def test_the_whole_pipeline_runs_embedded_and_writes_a_report(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDSERL_MEDEC_DIR", raising=False)
+    out = tmp_path / "run"
+    results = run_pipeline(PipelineConfig(out=str(out), sft_pairs=4, sft_epochs=1, rl_seed_notes=2, rl_updates=1,
+                                          rl_rollouts_per_update=4, rl_group_size=2, rl_max_new_tokens=24,
+                                          eval_notes=3, eval_max_new_tokens=24, progress=False))
+    assert "demo set" in results["data"]["label"]
+    sft_data = out / "sft_data" / "sft_combined_safe.jsonl"
+    kinds = [json.loads(line)["kind"] for line in sft_data.read_text().splitlines()]
+    assert kinds.count("CORRECT") == kinds.count("INCORRECT") > 0
+    assert results["sft"]["loss_curve"], "SFT logged a loss"
+    rl = results["rl"]
+    assert not rl["timed_out"] and [u["version"] for u in rl["updates"]] == [1]
+    assert rl["rollouts"] >= 4 and rl["history"][0]["rollouts"] == 4
+    assert results["eval"]["notes"] == 3
+    report = (out / "report.md").read_text()
+    for part in ("## SFT", "## RL self-play", "![RL](rl.png)", "baseline: always no error"):
+        assert part in report
+    assert (out / "rl.png").stat().st_size > 0 and (out / "sft_loss.png").stat().st_size > 0
+
+
+def test_cli_rejects_nonsense_sizes_with_a_message(capsys):
+    assert main(["run", "--rl-updates", "0"]) == 2
+    assert "--rl-updates must be at least 1" in capsys.readouterr().err
