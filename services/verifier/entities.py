@@ -84,7 +84,8 @@ for canon, spellings in {
         _UNIT_CANON[spelling] = canon
 _UNIT_RE = "|".join(re.escape(u) for u in sorted(_UNIT_CANON, key=len, reverse=True))
 QUANTITY = re.compile(
-    rf"(?<![\w.])(?P<num>(?P<ratio>(?:{_DIGITS})\s?/\s?(?:{_DIGITS}))|{_DIGITS}|(?i:{_WORD_NUMBER_RE}))"
+    rf"(?<![\w.])(?P<num>(?P<ratio>(?:{_DIGITS})\s?/\s?(?:{_DIGITS}))|{_DIGITS}|(?i:(?:{_WORD_NUMBER_RE})(?![a-z]))"
+    r"|(?i:an?(?=\s+(?:week|day|month|year|hour|minute|decade)s?\b)))"
     rf"(?:(?:\s?-\s?|\s)?(?P<unit>(?i:{_UNIT_RE}))(?![a-zA-Z0-9]))?(?P<old>-(?:year|month|week|day)s?-old)?",
 )
 _ORDINAL_CONTEXT = re.compile(r"(?i)\b(?:type|grade|stage|class|phase|gravida|para|g|p|day|week|ct|t|l|c|s)\s?$")
@@ -181,7 +182,9 @@ class Entity:
 
 def _number_value(text: str) -> str:
     lower = text.lower().strip()
-    if lower in _WORD_NUMBERS:
+    if lower in ("a", "an"):  # "a week ago" = "one week ago"
+        value = 1.0
+    elif lower in _WORD_NUMBERS:
         value = float(_WORD_NUMBERS[lower])
     elif re.fullmatch(r"(?:" + "|".join(_TENS) + r")[- ](?:" + "|".join(_UNITS) + r")", lower):
         tens, unit = re.split(r"[- ]", lower)
@@ -305,8 +308,10 @@ def _terms(sentence: str, tokens: list[tuple[str, int, int]], entities: list[Ent
            vocabulary: frozenset[str]) -> list[Entity]:
     """Medical words: the modifiers that make a diagnosis or a procedure what it is ("scaphoid fracture",
     "oligoarticular arthritis", "radical orchiectomy"). Words inside a drug, organism or laterality
-    mention are those kinds' business (a brand and its generic are one drug)."""
-    excluded = [(e.start, e.end) for e in entities if e.kind in ("drug", "organism", "laterality")]
+    mention, or in a number/vital/lab with its unit and label, are those kinds' business (a brand and its
+    generic are one drug; "pulse 106/min" and "heart rate 106 beats per minute" are one measurement)."""
+    excluded = [(e.start, e.end) for e in entities
+                if e.kind in ("drug", "organism", "laterality", "quantity", "measurement")]
     out = []
     for word, start, end in tokens:
         eponym = (start > 1 and len(word) >= 4 and sentence[start].isupper() and sentence[start - 1] == " "
@@ -338,7 +343,8 @@ def extract_entities(sentence: str) -> tuple[Entity, ...]:
             e = Entity("organism", _organism_key(e.key), e.start, e.end)
         entities.append(e)
     # most sentences have no number at all: skip the quantity regex for them
-    has_number = any(c.isdigit() for c in sentence) or any(t[0] in _WORD_NUMBERS or t[0] in _TENS for t in tokens)
+    has_number = any(c.isdigit() for c in sentence) or any(
+        t[0] in _WORD_NUMBERS or t[0] in _TENS or t[0] in ("a", "an") for t in tokens)
     quantities = _quantities(sentence) if has_number else []
     entities.extend(quantities)
     if quantities:
