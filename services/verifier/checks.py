@@ -219,7 +219,12 @@ def verify(mode: str, original: list[tuple[int, str]], modified: list[tuple[int,
 def _inject_checks(diff: dict, target: int | None, before: str, after: str, claimed: str | None,
                    checks: list[CheckResult]) -> None:
     changed_kinds = sorted(diff)
-    entity_changed = [k for k in changed_kinds if k != "negation" or diff[k] != ([], [])]
+    # a medical word added while every original word stays is elaboration ("clear to auscultation and
+    # percussion"), not an error: a term counts when one was removed, or added in place of other words
+    # ("seminoma" -> "teratoma" where only the new word is in the vocabulary). Whole entities count
+    # whenever added or removed.
+    replaced = bool(_content_words(before) - _content_words(after))
+    entity_changed = [k for k in changed_kinds if k != "term" or diff[k][0] or replaced]
     summary = "; ".join(f"{k}: -[{_fmt(r)}] +[{_fmt(a)}]" for k, (r, a) in diff.items())
     checks.append(CheckResult("clinical_entity_changed", target is not None and bool(entity_changed),
                               summary if entity_changed else "no clinical fact was added, removed or swapped"))
