@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.common import formats  # noqa: E402
 from trainer.medec_sft import medec_sft_records  # noqa: E402
 from trainer.memory import estimate_training_memory, memory_table, qwen3_4b_config  # noqa: E402
-from trainer.sft import SFTRunConfig, run_sft  # noqa: E402
+from trainer.sft import SFTRunConfig, load_sft_records, roles_for, run_sft, split_records  # noqa: E402
 from trainer.tiny_model import MEDEC_VALIDATION_CSV, build_tiny_model, medec_texts, model_size  # noqa: E402
 
 
@@ -43,6 +44,42 @@ def sft_data(workdir: Path, medec_dir: str | None, records: int, max_sentences: 
     path = workdir / "sft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def parse_rates(model_dir: Path, records: list[dict], roles, max_new_tokens: int = 96) -> dict:
+    """How many greedy completions parse (and, for the injector, apply to the note) per role."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rates = {}
+    for role in roles:
+        ok = 0
+        for record in records:
+            prompt = formats.sft_messages(record, role)[:-1]
+            inputs = tokenizer.apply_chat_template(
+                prompt,
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+                **formats.CHAT_TEMPLATE_KWARGS,
+            )
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            text = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            if role == "assessor":
+                parsed = formats.parse_assessor_output(text, num_sentences=len(record["note_sentences"]))
+            else:
+                edit = formats.parse_injector_edit(text)
+                parsed = (
+                    edit
+                    if isinstance(edit, formats.ParseFailure)
+                    else formats.apply_edit([tuple(s) for s in record["source_sentences"]], edit)
+                )
+            ok += not isinstance(parsed, formats.ParseFailure)
+        rates[role] = (ok, len(records))
+    return rates
 
 
 def gpu_step(batch_size: int, seq_len: int, lora: bool) -> str:
@@ -111,20 +148,15 @@ def main() -> int:
         print(f"{'build time':<24} {build_s:.1f} s")
 
         data = sft_data(workdir, args.medec_dir, args.records, args.max_sentences)
-        config = SFTRunConfig(
-            model_name=str(model_dir),
-            train_data=str(data),
-            save_path=str(workdir / "sft"),
+        config = SFTRunConfig.for_tiny_model(
+            str(model_dir),
+            str(data),
+            str(workdir / "sft"),
             num_epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr,
             role=args.role,
-            logging_steps=1,
-            warmup_steps=0,
-            max_length=1024,
-            eval_fraction=0.15,
             progress=False,
-            device="cpu",
         )
         result = run_sft(config)
         log = [json.loads(line) for line in Path(result.metrics_file).read_text().splitlines()]
@@ -149,6 +181,10 @@ def main() -> int:
         print(
             f"\ntrain loss {first:.3f} -> {last:.3f}; eval loss {result.eval_curve[0][1]:.3f} -> {result.eval_curve[-1][1]:.3f}"
         )
+        held_out = split_records(load_sft_records(data), config.eval_fraction, config.seed)[1]
+        print("\n== greedy outputs of the SFT model on held-out chats ==")
+        for role, (ok, total) in parse_rates(Path(result.save_path), held_out, roles_for(args.role)).items():
+            print(f"{role:<10} {ok}/{total} parse and fit the note")
 
     print("\n== Qwen/Qwen3-4B recipe (config built locally, nothing downloaded) ==")
     print(memory_table(qwen3_4b_config(), batch_size=4, seq_len=2048, chosen="full"))

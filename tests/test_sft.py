@@ -40,21 +40,7 @@ def sft_jsonl(sft_records, tmp_path_factory):
 
 
 def tiny_config(model_dir, data, save_path, **overrides) -> SFTRunConfig:
-    base = dict(
-        model_name=str(model_dir),
-        train_data=str(data),
-        save_path=str(save_path),
-        learning_rate=3e-3,
-        batch_size=8,
-        logging_steps=1,
-        warmup_steps=0,
-        max_length=1024,
-        eval_fraction=0.15,
-        progress=False,
-        device="cpu",
-    )
-    base.update(overrides)
-    return SFTRunConfig(**base)
+    return SFTRunConfig.for_tiny_model(str(model_dir), str(data), str(save_path), progress=False, **overrides)
 
 
 def test_recipe_defaults_match_the_strategy():

@@ -81,6 +81,25 @@ class SFTRunConfig:
     stop_after_steps: int | None = None  # checkpoint and stop at this step (time boxes, tests)
     progress: bool = True  # tqdm progress bar
 
+    @classmethod
+    def for_tiny_model(cls, model_name: str, train_data: str, save_path: str, **overrides) -> SFTRunConfig:
+        """Hyperparameters for the randomly initialised tiny model (``trainer.tiny_model``) on a CPU:
+        it needs a far larger learning rate than a pretrained 4B model, and short chats."""
+        values = dict(
+            model_name=model_name,
+            train_data=train_data,
+            save_path=save_path,
+            learning_rate=3e-3,
+            batch_size=8,
+            warmup_steps=0,
+            logging_steps=1,
+            max_length=1024,
+            eval_fraction=0.15,
+            device="cpu",
+        )
+        values.update(overrides)
+        return cls(**values)
+
     def validate(self) -> None:
         if self.role not in ROLE_CHOICES:
             raise SFTError(f"--role must be one of {ROLE_CHOICES}, got {self.role!r}")
