@@ -132,6 +132,15 @@ def test_model_style_variations_parse():
     for text in variants:
         assert parse_assessor_output(text, num_sentences=5) == verdict, text
     assert parse_assessor_output("<think></think>error_flag: 0") == AssessorOutput(False, -1, None)
+    remark = (
+        "error_flag: 1 (yes)\nerror_sentence_id: 2 (the third sentence)\ncorrected_sentence: Start metformin."
+    )
+    assert parse_assessor_output(remark) == verdict
+    for bad_id in ("2.5", "2a", "sentence 2"):
+        assert isinstance(
+            parse_assessor_output(f"error_flag: 1\nerror_sentence_id: {bad_id}\ncorrected_sentence: x"),
+            ParseFailure,
+        )
     edit = parse_injector_edit(
         "<think>hmm</think>\nsentence_id: 1\nnew_sentence: x y.\nerror_type: Pharmacotherapy\n"
     )

@@ -190,7 +190,8 @@ def render_injector_edit(edit: InjectorEdit) -> str:
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"^\s*```[\w-]*\s*$", re.MULTILINE)
-_INT = re.compile(r"^[-+]?\d+$")
+# an integer, optionally bracketed, optionally followed by a remark: "3", "[3]", "3.", "3 (the fourth)"
+_INT = re.compile(r"^[\[(]?\s*([-+]?\d+)\s*[\])]?\.?(?:\s.*)?$")
 _TYPES_BY_LOWER = {t.lower(): t for t in ERROR_TYPES}
 _NONE_TYPES = {"none", "null", "na", "n/a", "no error", "-", ""}
 
@@ -244,12 +245,13 @@ def _json_key_values(text: str, keys: Sequence[str]) -> dict[str, str]:
 
 
 def _parse_int(value: str) -> int | None:
-    value = value.strip().strip("[]().").strip()
-    return int(value) if _INT.match(value) else None
+    match = _INT.match(value.strip())
+    return int(match.group(1)) if match else None
 
 
 def _parse_flag(value: str) -> bool | None:
-    value = value.strip().strip(".").lower()
+    words = value.strip().split()
+    value = words[0].strip(".,;:()[]").lower() if words else ""
     if value in ("1", "yes", "true", "error", "incorrect"):
         return True
     if value in ("0", "no", "false", "none", "correct"):
