@@ -24,7 +24,7 @@ import grpc
 
 from medserl.v1 import assessor_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
-from services.common import metrics
+from services.common import formats, metrics
 from services.common.inference.notes import InvalidNote, note_sentences
 from services.common.reward import INVALID, UNPARSEABLE, RewardWeights, game_reward, gate_reward
 from services.common.runtime import GrpcBinding, Service
@@ -52,7 +52,7 @@ class AssessorSettings(ServiceSettings):
     tokenizer: str = ""
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 300.0
-    chat_template_kwargs: dict = field(default_factory=lambda: {"enable_thinking": False})
+    chat_template_kwargs: dict[str, object] = field(default_factory=lambda: dict(formats.CHAT_TEMPLATE_KWARGS))
     temperature: float = 0.0  # greedy: a detector should be deterministic
     top_p: float = 1.0
     max_new_tokens: int = 160

@@ -70,7 +70,7 @@ class InjectorSettings(ServiceSettings):
     tokenizer: str = ""
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 300.0
-    chat_template_kwargs: dict = field(default_factory=lambda: {"enable_thinking": False})
+    chat_template_kwargs: dict[str, object] = field(default_factory=lambda: dict(formats.CHAT_TEMPLATE_KWARGS))
     inject_fraction: float = 0.5  # share of seed notes given mode inject (the rest: paraphrase)
     group_size: int = 4  # edits sampled per seed note (the learner's per-note baseline)
     temperature: float = 1.0
