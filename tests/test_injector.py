@@ -230,6 +230,7 @@ def test_a_broken_policy_update_is_dead_lettered_and_the_old_version_kept(tiny_m
         runtime.shutdown()
     assert letters and "not loaded" in letters[0].reason and letters[0].source_topic == POLICY_UPDATES
     assert service.policy.version == 0 and {r.policy_version for r in rollouts} == {0} and len(rollouts) == 2
+    assert service.policy.learner_version == 5, "admission follows the learner even when a version fails to load"
 
 
 def test_grpc_inject_and_submit_seeds(tiny_model_dir, seed_notes):

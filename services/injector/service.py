@@ -15,7 +15,11 @@ Admission control: with ``learner_batch_rollouts`` rollouts per learner step, th
 at most ``(v - v0 + 1 + max_staleness) * learner_batch_rollouts`` rollouts by the time it knows of
 policy version ``v`` (``v0``: the version it started with), so it never runs more than
 ``max_staleness`` versions ahead of the learner. When the budget is spent it stops polling
-``notes.seed`` (seeds wait in the topic; nothing is dropped) until a new version arrives.
+``notes.seed`` (seeds wait in the topic; nothing is dropped) until a new version arrives. The budget
+is per replica and counts from the replica's start; a version that fails to load still advances it
+(the learner moved on; the rollouts keep the older version's stamp, so the learner sees they are
+stale), so a bad checkpoint never stalls the loop. ``learner_batch_rollouts`` must be at least the
+learner's batch divided by the number of replicas, or the loop waits forever.
 
 gRPC ``medserl.v1.Injector``: ``Inject(note, mode)`` returns a group without publishing it;
 ``SubmitSeeds`` validates notes and publishes them to ``notes.seed``.
@@ -88,7 +92,8 @@ class PolicyState:
 
     def __init__(self, backend: InferenceBackend, version: int, settings: InjectorSettings):
         self.backend = backend
-        self.version = version
+        self.version = version  # the version loaded and stamped on rollouts
+        self.learner_version = version  # the newest version the learner published (loaded or not)
         self.start_version = version
         self.settings = settings
         self.generated = 0  # rollouts admitted since start
@@ -100,15 +105,23 @@ class PolicyState:
         per_step = self.settings.learner_batch_rollouts
         if per_step <= 0:
             return None
-        allowed = (self.version - self.start_version + 1 + self.settings.max_staleness) * per_step
+        allowed = (self.learner_version - self.start_version + 1 + self.settings.max_staleness) * per_step
         return max(0, allowed - self.generated)
 
     def admit(self, rollouts: int) -> None:
         with self._changed:
             self.generated += rollouts
 
+    def saw_learner_version(self, version: int) -> None:
+        """The learner has reached ``version``: admission follows it even if loading that version fails."""
+        with self._changed:
+            if version > self.learner_version:
+                self.learner_version = version
+                self._changed.notify_all()
+
     def update(self, update: pb.PolicyUpdate) -> bool:
         """Load a newer version (older or equal versions are ignored). True when it switched."""
+        self.saw_learner_version(update.version)
         if update.version <= self.version:
             return False
         with self.lock:
