@@ -191,14 +191,16 @@ def test_admission_control_pauses_until_the_learner_catches_up(tiny_model_dir, s
         for note in notes:
             producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
         ids = {n.note_id for n in notes}
-        first = collect(bus, "adm-1", ids, 10, timeout_s=20)
+        first = collect(bus, "adm-1", ids, 4, timeout_s=30)
         assert len(first) == 4, "(0 + 1 + max_staleness 0) versions x 4 rollouts, then it waits"
         time.sleep(1.0)
         assert len(collect(bus, "adm-2", ids, 10, timeout_s=1)) == 4, "paused: no new rollout without a new policy"
         producer.publish(POLICY_UPDATES, pb.PolicyUpdate(version=1, checkpoint_uri=str(adapters[0]),
                                                          kind="lora").SerializeToString(), key="p")
-        second = collect(bus, "adm-3", ids, 10, timeout_s=30)
+        second = collect(bus, "adm-3", ids, 8, timeout_s=30)
         assert len(second) == 8
+        time.sleep(0.5)
+        assert len(collect(bus, "adm-3b", ids, 10, timeout_s=1)) == 8, "paused again after the next 4"
         producer.publish(POLICY_UPDATES, pb.PolicyUpdate(version=2, checkpoint_uri=str(adapters[1]),
                                                          kind="lora").SerializeToString(), key="p")
         everything = collect(bus, "adm-4", ids, 10, timeout_s=30)
