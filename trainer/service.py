@@ -41,8 +41,8 @@ MAX_REMEMBERED_IDS = 200_000
 
 @dataclass
 class TrainerSettings(ServiceSettings):
-    grpc_port: int = 50055
-    metrics_port: int = 9105
+    grpc_port: int = 50056
+    metrics_port: int = 9106
     model_name: str = "outputs/qwen3_4b_sft"  # the SFT policy (HF id or local path); also the KL reference
     checkpoint_dir: str = "outputs/rl"
     lora: bool = True  # LoRA adapters are small and vLLM hot-loads them; full weights otherwise
