@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
                 shown = ", ".join(map(str, run_file.invalid_lines[:10]))
                 print(f"warning: {len(run_file.invalid_lines)} invalid run line(s) counted as wrong "
                       f"(line {shown}{'...' if len(run_file.invalid_lines) > 10 else ''})", file=sys.stderr)
+            if results["run_texts_missing"] == results["counters"]["total_texts"]:
+                print("warning: no text id of the run is in the reference; is this the right reference CSV?",
+                      file=sys.stderr)
             if args.json:
                 print(json.dumps(results, indent=2))
             else:
