@@ -166,7 +166,9 @@ def test_vllm_backend_loads_and_unloads_lora_adapters(fake_vllm, tiny_model_dir,
     prompt = [formats.injector_messages(notes[0], "inject")]
     params = GenerationParams(temperature=0, max_new_tokens=4)
     backend.generate(prompt, params)
+    assert backend.checkpoint_hash == checkpoint_sha256(tiny_model_dir)
     backend.load_policy(1, str(adapters[0]))
+    assert backend.checkpoint_hash == checkpoint_sha256(adapters[0])
     backend.generate(prompt, params)
     backend.load_policy(2, f"file://{adapters[1]}")
     backend.generate(prompt, params)

@@ -433,16 +433,19 @@ class VllmBackend(InferenceBackend):
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model)
         self._lock = threading.Lock()
         self._adapters: list[str] = []
-        self._hash = ""
-        path = Path(tokenizer_path or model)
-        if path.is_dir():
-            try:
-                self._hash = checkpoint_sha256(path)
-            except FileNotFoundError:
-                self._hash = ""
+        self._hash: str | None = None  # computed on first use: hashing a 4B model's weights takes a while
+        self._hash_source = Path(tokenizer_path or model)
 
     @property
     def checkpoint_hash(self) -> str:
+        """Hash of the served weights: the local model folder (the one vLLM serves) or the loaded adapter."""
+        if self._hash is None:
+            try:
+                self._hash = checkpoint_sha256(self._hash_source) if self._hash_source.is_dir() else ""
+            except OSError:
+                self._hash = ""
+            if not self._hash:
+                self._hash = "model:" + self.served_model
         return self._hash
 
     @property
@@ -488,10 +491,7 @@ class VllmBackend(InferenceBackend):
                 self._post("/unload_lora_adapter", {"lora_name": adapter})
             except InferenceError as exc:
                 log.warning("could not unload an old LoRA adapter", extra={"adapter": adapter, "error": str(exc)})
-        try:
-            self._hash = checkpoint_sha256(lora_path)
-        except OSError:  # not visible from here: the adapter's name identifies it
-            self._hash = "lora:" + name
+        self._hash, self._hash_source = None, Path(lora_path)  # not visible from here: the name identifies it
 
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Completion]:
         params.validate()
