@@ -22,7 +22,7 @@ $(VENV)/.installed: requirements.lock
 	@echo ">> setting up $(VENV)"
 	@mkdir -p $(WHEELHOUSE)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip download -q -d $(WHEELHOUSE) -r requirements.lock
+	$(VENV)/bin/pip wheel -q --find-links $(WHEELHOUSE) -w $(WHEELHOUSE) -r requirements.lock
 	$(VENV)/bin/pip install -q --no-index --find-links $(WHEELHOUSE) -r requirements.lock
 	touch $@
 
