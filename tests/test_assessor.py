@@ -82,6 +82,9 @@ def test_flag_probability_from_alternatives_split_or_merged_tokens():
     lps = [-0.1, -0.1, -0.1, math.log(0.6), -0.1, -0.1]
     tops = [{}, {}, {}, {" 1": math.log(0.6), " 0": math.log(0.2), " x": math.log(0.1)}, {}, {}]
     assert flag_probability(tokens, lps, tops, True) == pytest.approx(0.75)
+    # only one digit among the alternatives: its own probability (not a 1.0 from normalising one value)
+    only_one = [{}, {}, {}, {" 1": math.log(0.6), " x": math.log(0.3)}, {}, {}]
+    assert flag_probability(tokens, lps, only_one, True) == pytest.approx(0.6)
     # without alternatives: p of the sampled digit, or its complement
     assert flag_probability(tokens, lps, None, True) == pytest.approx(0.6)
     zero = ["error_flag: 0", "\n"]
@@ -329,3 +332,29 @@ def test_flag_probability_finds_the_digit_in_the_tiny_tokenizer(tiny_model_dir):
         lps[digit] = math.log(0.8)
         expected = 0.8 if flag else 0.2
         assert flag_probability(tokens, lps, None, flag) == pytest.approx(expected)
+
+
+def test_assessor_on_the_vllm_backend(tiny_model_dir, medec_notes):
+    """Verdicts from a scripted vLLM server: parsed, P(error) from the returned log-probs, hash recorded."""
+    from tests.fake_vllm_server import FakeVllmServer
+
+    def responder(prompt_ids, model, rng):
+        return "error_flag: 1\nerror_sentence_id: 2\ncorrected_sentence: The corrected sentence."
+
+    with FakeVllmServer(tiny_model_dir, served_name="assessor-base", responder=responder) as server:
+        service = make_service(MemoryBus(), backend="vllm", base_url=server.base_url, model="assessor-base",
+                               tokenizer=str(tiny_model_dir))
+        assert service.checkpoint_hash == checkpoint_sha256(tiny_model_dir)
+        rollouts = verified_rollouts(medec_notes, "vllm-assess", 4)
+        results = service.score_batch(rollouts)
+        (call,) = server.state.completions()
+    assert call.body["temperature"] == 0.0 and call.body["logprobs"] == 5 and len(call.body["prompt"]) == 4
+    for original, result, choice in zip(rollouts, results, call.response["choices"], strict=True):
+        verdict = result[0].message.rollout.verdict
+        assert verdict.parsed and verdict.error_flag and verdict.error_sentence_id == 2
+        assert verdict.corrected_sentence == "The corrected sentence."
+        tokens = [server.state.tokenizer.decode([t]) for t in choice["token_ids"]]
+        digit = next(i for i, tok in enumerate(tokens) if tok.strip() == "1")
+        assert verdict.flag_probability == pytest.approx(math.exp(choice["logprobs"]["token_logprobs"][digit]))
+        assert result[0].message.rollout.reward == reward.game_reward(original.mode, verdict,
+                                                                      original.changed_sentence_id)

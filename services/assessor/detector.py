@@ -90,9 +90,10 @@ _FLAG_VALUE = re.compile(r"error[_ ]flag\**\s*[:=]\s*\**\s*([01])", re.IGNORECAS
 def flag_probability(tokens: Sequence[str], logprobs: Sequence[float], top_logprobs, flag: bool | None) -> float:
     """P(error_flag = 1) at the position where the model wrote the flag digit.
 
-    With alternatives (``top_logprobs``) it is p("1") / (p("1") + p("0")) over the candidate tokens
-    that would complete ``error_flag:`` with that digit; with only the sampled token's log-prob it is
-    p or 1 - p; with no log-probs it is the parsed flag itself (1.0 or 0.0).
+    With alternatives (``top_logprobs``) holding both digits it is p("1") / (p("1") + p("0")) over the
+    candidate tokens that would complete ``error_flag:`` with that digit; when only one digit is among
+    them (or only the sampled token's log-prob is known) it is p("1"), or 1 - p("0"); with no
+    log-probs it is the parsed flag itself (1.0 or 0.0).
     """
     fallback = 1.0 if flag else 0.0
     if not tokens:
@@ -109,8 +110,12 @@ def flag_probability(tokens: Sequence[str], logprobs: Sequence[float], top_logpr
                     m = _FLAG_VALUE.search(before + alt)
                     if m and m.start(1) >= len(before) and not math.isnan(lp):
                         mass[m.group(1)] += math.exp(lp)
-                if mass["0"] + mass["1"] > 0:
+                if mass["0"] > 0 and mass["1"] > 0:
                     return mass["1"] / (mass["0"] + mass["1"])
+                if mass["1"] > 0:  # "0" is not among the alternatives: its mass is what "1" leaves
+                    return mass["1"]
+                if mass["0"] > 0:
+                    return 1.0 - mass["0"]
             if i < len(logprobs) and not math.isnan(logprobs[i]):
                 p = math.exp(logprobs[i])
                 return p if match.group(1) == "1" else 1.0 - p
