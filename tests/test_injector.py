@@ -264,6 +264,8 @@ def test_grpc_inject_and_submit_seeds(tiny_model_dir, seed_notes):
                 injector_pb2.InjectRequest(note=note, mode=pb.MODE_MEDEC_INCORRECT),
                 injector_pb2.InjectRequest(note=note, mode=pb.MODE_INJECT, sampling=pb.SamplingParams(n=1000)),
                 injector_pb2.InjectRequest(note=note, mode=pb.MODE_INJECT, sampling=pb.SamplingParams(top_p=3)),
+                injector_pb2.InjectRequest(note=note, mode=pb.MODE_INJECT,
+                                           sampling=pb.SamplingParams(max_new_tokens=10**6)),
             ]
             for bad in bad_requests:
                 with pytest.raises(grpc.RpcError) as err:

@@ -178,6 +178,9 @@ class _InjectorServicer(injector_pb2_grpc.InjectorServicer):
             params = service.params.merged_with_proto(request.sampling if request.HasField("sampling") else None)
             if params.n > service.settings.max_group_size:
                 raise InvalidNote(f"sampling.n {params.n} is above the limit {service.settings.max_group_size}")
+            if params.max_new_tokens > service.settings.max_new_tokens:
+                raise InvalidNote(f"sampling.max_new_tokens {params.max_new_tokens} is above the service's "
+                                  f"{service.settings.max_new_tokens}")
         except (InvalidNote, ValueError) as exc:
             self._count("Inject", grpc.StatusCode.INVALID_ARGUMENT)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
