@@ -97,13 +97,15 @@ def test_labels_cover_exactly_the_assistant_turn(tiny_model_dir, sft_jsonl, sft_
 
 def test_tiny_model_loss_falls_on_medec_sft(tiny_model_dir, sft_jsonl, tmp_path):
     save = tmp_path / "sft"
-    result = run_sft(tiny_config(tiny_model_dir, sft_jsonl, save, role="both", num_epochs=3, max_examples=24))
+    result = run_sft(
+        tiny_config(tiny_model_dir, sft_jsonl, save, role="both", num_epochs=2, batch_size=4, max_examples=24)
+    )
     losses = [loss for _, loss in result.loss_curve]
     vocab = AutoTokenizer.from_pretrained(tiny_model_dir).vocab_size
     assert result.global_step == len(losses) > 8
     assert losses[0] > math.log(vocab) - 1  # random init: about uniform over the vocabulary
     assert sum(losses[-3:]) / 3 < losses[0] - 3.0, losses
-    assert len(result.eval_curve) == 3 and result.num_eval_examples > 0
+    assert len(result.eval_curve) == 2 and result.num_eval_examples > 0
     assert result.eval_curve[-1][1] < result.eval_curve[0][1] < math.log(vocab)
     assert result.device == "cpu" and result.dtype == "float32" and not result.interrupted
 
