@@ -267,7 +267,8 @@ def warn_if_gpu_too_small(config: SFTRunConfig, model_config, longest_chat: int)
 
 
 def resolve_device(device: str) -> tuple[str, str]:
-    """(device, dtype name): bf16 on a GPU that supports it, fp32 otherwise."""
+    """(device, precision): "bfloat16" (bf16 weights) on a GPU that has it; "float16" (fp32 weights
+    under fp16 autocast: pure fp16 training is unstable) on an older GPU; "float32" on a CPU."""
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -331,7 +332,9 @@ def build_trainer(config: SFTRunConfig, extra_callbacks: list | None = None) -> 
     records = load_sft_records(config.train_data, config.max_examples)
     train_records, eval_records = split_records(records, config.eval_fraction, config.seed)
     device, dtype = resolve_device(config.device)
-    model, tokenizer = load_model_and_tokenizer(config.model_name, dtype)
+    model, tokenizer = load_model_and_tokenizer(
+        config.model_name, "bfloat16" if dtype == "bfloat16" else "float32"
+    )
 
     train_examples, dropped, longest = drop_too_long(
         tokenizer, sft_examples(train_records, config.role), config.max_length
