@@ -85,7 +85,7 @@ def _fmt(value) -> str:
 
 def _eval_table(ev: dict) -> list[str]:
     keys = [("error_flag_accuracy", "error flag accuracy"), ("error_sentence_accuracy", "error sentence accuracy"),
-            ("aggregate_score", "ROUGE/BERT composite"), ("rouge1_f", "ROUGE-1 F")]
+            ("rouge1_composite", "ROUGE-1 composite"), ("aggregate_composite", "ROUGE aggregate composite")]
     present = [(k, label) for k, label in keys if k in ev["assessor"]]
     lines = ["| system | " + " | ".join(label for _, label in present) + " |",
              "|---|" + "---|" * len(present)]
@@ -136,7 +136,7 @@ def write_report(results: dict, out: Path) -> Path:
     ev = results.get("eval")
     if ev:
         lines += ["## Frozen assessor on MEDEC-style evaluation notes", "",
-                  f"{ev['notes']} notes from `{ev['reference']}`; flag rate {ev['flag_rate']:.1%}, "
+                  f"{ev['notes']} notes of at most {ev.get('max_note_chars')} characters from `{ev['reference']}`; flag rate {ev['flag_rate']:.1%}, "
                   f"{ev['unparsed']} unparseable outputs (scored as 'no error').", ""]
         lines += _eval_table(ev)
         lines.append("")

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--sft-pairs", type=int, default=d.sft_pairs, help="MEDEC pairs for the SFT set (2 examples each)")
     p.add_argument("--sft-epochs", type=float, default=d.sft_epochs)
+    p.add_argument("--max-note-chars", type=int, default=d.max_note_chars,
+                   help="use notes up to this length (the CPU demo model learns short notes)")
     p.add_argument("--rl-seed-notes", type=int, default=d.rl_seed_notes)
     p.add_argument("--rl-updates", type=int, default=d.rl_updates, help="policy versions the learner publishes")
     p.add_argument("--rl-rollouts-per-update", type=int, default=d.rl_rollouts_per_update)
@@ -33,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from services.common.logs import setup_logging
 
     setup_logging("pipeline", "WARNING", json_logs=False)
-    for name in ("sft_pairs", "rl_seed_notes", "rl_updates", "rl_rollouts_per_update", "rl_group_size", "eval_notes"):
+    for name in ("sft_pairs", "rl_seed_notes", "rl_updates", "rl_rollouts_per_update", "rl_group_size", "eval_notes", "max_note_chars"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1")
     config = PipelineConfig(out=args.out, medec_dir=args.medec_dir, seed=args.seed, sft_pairs=args.sft_pairs,
-                            sft_epochs=args.sft_epochs, rl_seed_notes=args.rl_seed_notes, rl_updates=args.rl_updates,
+                            sft_epochs=args.sft_epochs, max_note_chars=args.max_note_chars, rl_seed_notes=args.rl_seed_notes, rl_updates=args.rl_updates,
                             rl_rollouts_per_update=args.rl_rollouts_per_update, rl_group_size=args.rl_group_size,
                             eval_notes=args.eval_notes, progress=not args.no_progress)
     try:
