@@ -91,6 +91,9 @@ class LearnerLoop:
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
+    def topic(self, name: str) -> str:
+        return f"{name}{self.settings.topic_suffix}"
+
     @property
     def processed(self) -> int:
         return len(self.consumed)
@@ -126,7 +129,7 @@ class LearnerLoop:
             self._thread.join(timeout)
 
     def run(self, stop: threading.Event) -> None:
-        consumer = self.bus.consumer([ROLLOUTS_SCORED], self.group_id, client_id="trainer")
+        consumer = self.bus.consumer([self.topic(ROLLOUTS_SCORED)], self.group_id, client_id="trainer")
         try:
             while not stop.is_set():
                 if self.settings.max_updates and self.version >= self.settings.max_updates:
@@ -174,7 +177,7 @@ class LearnerLoop:
 
     def _reject(self, record: Record, reason: str, error_class: str) -> None:
         letter = dead_letter(record, "trainer", reason, error_class)
-        self.producer.publish(DEAD_LETTER, letter.SerializeToString(), key=record.key)
+        self.producer.publish(self.topic(DEAD_LETTER), letter.SerializeToString(), key=record.key)
         metrics.DEAD_LETTERS.labels("trainer", record.topic, error_class).inc()
 
     def _update(self, consumer: Consumer) -> StepStats:
@@ -207,8 +210,8 @@ class LearnerLoop:
             learner_step=stats.step,
             created_unix_ms=int(time.time() * 1000),
         )
-        self.producer.publish(POLICY_UPDATES, update.SerializeToString(), key="policy")
-        metrics.MESSAGES_PRODUCED.labels("trainer", POLICY_UPDATES).inc()
+        self.producer.publish(self.topic(POLICY_UPDATES), update.SerializeToString(), key="policy")
+        metrics.MESSAGES_PRODUCED.labels("trainer", self.topic(POLICY_UPDATES)).inc()
         self.producer.flush()
         polled, self._polled = self._polled, []
         try:

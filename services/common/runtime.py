@@ -68,6 +68,10 @@ class Service(ABC):  # noqa: B024 - every hook is optional
         self.settings = settings
         self.bus = bus
 
+    def topic(self, name: str) -> str:
+        """A topic of services.common.topics in this deployment's namespace (``topic_suffix``)."""
+        return f"{name}{self.settings.topic_suffix}"
+
     def grpc_bindings(self) -> Sequence[GrpcBinding]:
         return ()
 
@@ -76,7 +80,7 @@ class Service(ABC):  # noqa: B024 - every hook is optional
 
     def topics(self) -> Sequence[str]:
         """Topics to create at start-up (idempotent)."""
-        return ALL_TOPICS
+        return [self.topic(t) for t in ALL_TOPICS]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release models, flush producers."""

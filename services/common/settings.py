@@ -31,6 +31,7 @@ class ServiceSettings:
     log_json: bool = True
     log_phi: bool = False  # clinical note text in logs only when asked for explicitly
     group_id: str = ""  # consumer group; defaults to medserl-<service>
+    topic_suffix: str = ""  # appended to every topic name: isolated experiments (tenants) on one cluster
     max_batch: int = 32  # messages handled per poll
     poll_timeout_s: float = 0.5
     max_attempts: int = 3  # tries before a message goes to the dead-letter topic

@@ -54,7 +54,6 @@ class GeneratorSettings(ServiceSettings):
     max_tries: int = 3
     request_timeout_s: float = 60.0
     default_max_cost_usd: float = 0.0  # 0: no budget unless the request sets one
-    topic_suffix: str = ""  # appended to every topic (isolated test runs, tenants)
 
 
 @dataclass
@@ -194,9 +193,6 @@ class GeneratorService(Service):
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-
-    def topic(self, name: str) -> str:
-        return f"{name}{self.settings.topic_suffix}"
 
     def topics(self) -> Sequence[str]:
         return [self.topic(t) for t in (topics.SFT_CANDIDATES, topics.SFT_VERIFIED, topics.SFT_REJECTED,

@@ -52,7 +52,6 @@ class VerifierSettings(ServiceSettings):
     # prepared pairs.jsonl: lets medec_incorrect examples be checked byte-for-byte against MEDEC
     pairs_path: str = ""
     # appended to every topic this service reads or writes (isolated test runs, tenants)
-    topic_suffix: str = ""
 
 
 def note_sentences(note: pb.Note, what: str) -> list[tuple[int, str]]:
@@ -253,9 +252,6 @@ class VerifierService(Service):
 
         get_lexicon()  # load (or build and cache) the lexicons now, not on the first request
         self.core = VerifierCore(PairIndex(settings.pairs_path))
-
-    def topic(self, name: str) -> str:
-        return f"{name}{self.settings.topic_suffix}"
 
     def topics(self) -> Sequence[str]:
         return [self.topic(t) for t in (topics.SFT_CANDIDATES, topics.SFT_VERIFIED, topics.SFT_REJECTED,
