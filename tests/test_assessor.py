@@ -276,6 +276,8 @@ def test_kafka_round_trip_with_the_tiny_model(kafka_bootstrap, tiny_model_dir, m
     verified_topic, scored_topic = f"{ROLLOUTS_VERIFIED}.{unique}", f"{ROLLOUTS_SCORED}.{unique}"
     monkeypatch.setattr(assessor_module, "ROLLOUTS_VERIFIED", verified_topic)
     monkeypatch.setattr(assessor_module, "ROLLOUTS_SCORED", scored_topic)
+    dead_topic = f"{DEAD_LETTER}.{unique}"
+    monkeypatch.setattr(assessor_module, "DEAD_LETTER", dead_topic)
     bus = KafkaBus(kafka_bootstrap)
     settings = AssessorSettings(bus="kafka", kafka_bootstrap=kafka_bootstrap, grpc_port=0, metrics_port=-1,
                                 group_id=f"assessor-{unique}", poll_timeout_s=0.2, backend="transformers",
@@ -301,7 +303,7 @@ def test_kafka_round_trip_with_the_tiny_model(kafka_bootstrap, tiny_model_dir, m
                     scored[rollout.rollout_id] = rollout
         consumer.close()
         assert set(scored) == wanted
-        letters = [pb.DeadLetter.FromString(r.value) for r in drain(bus, DEAD_LETTER, f"dl-{unique}", 2, 60)]
+        letters = [pb.DeadLetter.FromString(r.value) for r in drain(bus, dead_topic, f"dl-{unique}", 2, 60)]
         reasons = {letter.reason for letter in letters if letter.service == "assessor"}
         assert any("without a verification report" in r for r in reasons)
         assert any("undecodable" in r for r in reasons)

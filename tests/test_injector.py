@@ -129,6 +129,8 @@ def test_kafka_round_trip_and_a_policy_version_published_mid_stream(kafka_bootst
     monkeypatch.setattr(injector_module, "NOTES_SEED", seed_topic)
     monkeypatch.setattr(injector_module, "ROLLOUTS_GENERATED", generated_topic)
     monkeypatch.setattr(injector_module, "POLICY_UPDATES", updates_topic)
+    dead_topic = f"{DEAD_LETTER}.{unique}"
+    monkeypatch.setattr(injector_module, "DEAD_LETTER", dead_topic)
     bus = KafkaBus(kafka_bootstrap)
     settings = settings_for(tiny_model_dir, bus="kafka", kafka_bootstrap=kafka_bootstrap, group_size=3,
                             group_id=f"injector-{unique}", poll_timeout_s=0.2)
@@ -159,7 +161,7 @@ def test_kafka_round_trip_and_a_policy_version_published_mid_stream(kafka_bootst
         producer.flush()
         late = collect(bus, f"check-b-{unique}", {n.note_id for n in second}, 12, topic=generated_topic)
         letters = []
-        consumer = bus.consumer([DEAD_LETTER], f"dl-{unique}")
+        consumer = bus.consumer([dead_topic], f"dl-{unique}")
         deadline = time.monotonic() + 60
         while not letters and time.monotonic() < deadline:
             letters = [letter for letter in (pb.DeadLetter.FromString(r.value) for r in consumer.poll(0.5, 500))

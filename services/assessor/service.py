@@ -243,7 +243,8 @@ class AssessorService(Service):
             service=self.name, bus=self.bus, topics=[ROLLOUTS_VERIFIED],
             group_id=s.group_id or f"medserl-{self.name}", message_type=pb.Rollout,
             handler=self._handle, message_id=lambda r: r.rollout_id,
-            max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s, max_attempts=s.max_attempts,
+            max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s, dead_letter_topic=DEAD_LETTER,
+            max_attempts=s.max_attempts,
         )]
 
     def close(self) -> None:

@@ -134,6 +134,10 @@ class _KafkaConsumer(Consumer):
             reconnect_backoff_max_ms=1000,
         )
         self._consumer.subscribe(list(topics))
+        # fetch the topics' metadata before the group join (first poll): a leader that assigns without it
+        # gives the topic no partitions until the next periodic refresh (metadata_max_age_ms, 5 minutes)
+        for topic in topics:
+            self._consumer.partitions_for_topic(topic)
         self._polled: dict[tuple[str, int], int] = {}
 
     def poll(self, timeout_s=1.0, max_records=500):

@@ -369,13 +369,14 @@ class InjectorService(Service):
             policy=self.policy, group_size=s.group_size,
             service=self.name, bus=self.bus, topics=[NOTES_SEED], group_id=s.group_id or f"medserl-{self.name}",
             message_type=pb.Note, handler=self._handle_seeds, max_batch=s.max_batch,
-            poll_timeout_s=s.poll_timeout_s, max_attempts=s.max_attempts,
+            poll_timeout_s=s.poll_timeout_s, dead_letter_topic=DEAD_LETTER, max_attempts=s.max_attempts,
         )
         # every injector replica must see every policy update: a group of its own
         updates = StreamWorker(
             service=self.name, bus=self.bus, topics=[POLICY_UPDATES],
             group_id=f"medserl-{self.name}-policy-{self._instance}", message_type=pb.PolicyUpdate,
-            handler=self._handle_updates, max_batch=64, poll_timeout_s=s.poll_timeout_s, max_attempts=1,
+            handler=self._handle_updates, max_batch=64, poll_timeout_s=s.poll_timeout_s,
+            dead_letter_topic=DEAD_LETTER, max_attempts=1,
         )
         return [updates, self._seed_worker]
 
