@@ -36,7 +36,7 @@ OFFICIAL_BASELINE_RUN_1 = {
 def official_scores(reference_csv, run_lines: list[str]) -> dict:
     """The official notebook's procedure, written out independently of services.assessor."""
     pd = pytest.importorskip("pandas")
-    rouge = pytest.importorskip("rouge")
+    import rouge  # the library the official scorer uses (a pinned test dependency)
     df = pd.read_csv(reference_csv)
     ref_corr, ref_flag, ref_sid = {}, {}, {}
     for _, row in df.iterrows():
@@ -129,7 +129,7 @@ def test_perturbed_run_matches_the_official_procedure(medec_path):
     ("Dose: 5mg/kg  q8h . ", "dose: 5mg/kg q8h"),
 ])
 def test_rouge_matches_the_rouge_package(pred, ref):
-    rouge = pytest.importorskip("rouge")
+    import rouge  # the library the official scorer uses (a pinned test dependency)
     theirs = rouge.Rouge().get_scores([pred], [ref])[0]
     ours = me.rouge_f1(pred, ref)
     assert ours == pytest.approx((theirs["rouge-1"]["f"], theirs["rouge-2"]["f"], theirs["rouge-l"]["f"]), abs=1e-12)

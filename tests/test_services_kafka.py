@@ -32,10 +32,11 @@ pytestmark = pytest.mark.kafka
 class ServiceProcess:
     """``medserl serve <name>`` as a child process; waits for its READY line."""
 
-    def __init__(self, name: str, bootstrap: str, group: str, *extra: str):
+    def __init__(self, name: str, bootstrap: str, group: str, suffix: str, *extra: str):
         self.name = name
         cmd = [sys.executable, "-m", "medserl", "serve", name, "--bus", "kafka", "--kafka-bootstrap", bootstrap,
                "--grpc-port", "0", "--metrics-port", "0", "--set", f"group_id={group}", "--set", "poll_timeout_s=0.2",
+               "--set", f"topic_suffix={suffix}",
                *extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -106,9 +107,9 @@ def medec_rollouts(medec_path: Path, prefix: str, count: int) -> list[pb.Rollout
     return rollouts
 
 
-def collect_scored(bus, group: str, wanted: set[str], timeout_s: float = 180) -> dict[str, pb.Rollout]:
+def collect_scored(bus, group: str, suffix: str, wanted: set[str], timeout_s: float = 180) -> dict[str, pb.Rollout]:
     """Read rollouts.scored until every wanted id arrived; duplicates collapse by id."""
-    consumer = bus.consumer([ROLLOUTS_SCORED], group)
+    consumer = bus.consumer([ROLLOUTS_SCORED + suffix], group)
     seen: dict[str, pb.Rollout] = {}
     deadline = time.monotonic() + timeout_s
     try:
@@ -150,25 +151,21 @@ def assert_scored_consistently(rollout: pb.Rollout) -> None:
 def kafka(kafka_bootstrap):
     from services.common.kafka_bus import KafkaBus
 
-    bus = KafkaBus(kafka_bootstrap)
-    from services.common.topics import ALL_TOPICS
-
-    bus.ensure_topics(list(ALL_TOPICS))
-    return bus
+    return KafkaBus(kafka_bootstrap)
 
 
 def test_verifier_and_assessor_processes_score_rollouts_over_kafka(kafka, kafka_bootstrap, medec_path, unique):
-    verifier = ServiceProcess("verifier", kafka_bootstrap, f"verifier-{unique}")
-    assessor = ServiceProcess("assessor", kafka_bootstrap, f"assessor-{unique}", "--set", "backend=baseline_last_sentence")
+    verifier = ServiceProcess("verifier", kafka_bootstrap, f"verifier-{unique}", f".{unique}")
+    assessor = ServiceProcess("assessor", kafka_bootstrap, f"assessor-{unique}", f".{unique}", "--set", "backend=baseline_last_sentence")
     try:
         check_health_and_reflection(verifier.grpc_port, "medserl.v1.Verifier")
         check_health_and_reflection(assessor.grpc_port, "medserl.v1.Assessor")
         rollouts = medec_rollouts(medec_path, unique, 30)
         producer = kafka.producer()
         for r in rollouts:
-            producer.publish(ROLLOUTS_GENERATED, r.SerializeToString(), key=r.seed_note_id)
+            producer.publish(ROLLOUTS_GENERATED + f".{unique}", r.SerializeToString(), key=r.seed_note_id)
         producer.flush()
-        scored = collect_scored(kafka, f"reader-{unique}", {r.rollout_id for r in rollouts})
+        scored = collect_scored(kafka, f"reader-{unique}", f".{unique}", {r.rollout_id for r in rollouts})
         assert len(scored) == len(rollouts), "every rollout reaches the learner's topic"
         for rollout in scored.values():
             assert_scored_consistently(rollout)
@@ -182,15 +179,15 @@ def test_verifier_and_assessor_processes_score_rollouts_over_kafka(kafka, kafka_
 
 def test_sigterm_during_traffic_loses_no_message(kafka, kafka_bootstrap, medec_path, unique):
     group = f"verifier-{unique}"
-    assessor = ServiceProcess("assessor", kafka_bootstrap, f"assessor-{unique}", "--set", "backend=baseline_last_sentence")
-    verifier = ServiceProcess("verifier", kafka_bootstrap, group, "--set", "max_batch=4")
+    assessor = ServiceProcess("assessor", kafka_bootstrap, f"assessor-{unique}", f".{unique}", "--set", "backend=baseline_last_sentence")
+    verifier = ServiceProcess("verifier", kafka_bootstrap, group, f".{unique}", "--set", "max_batch=4")
     try:
         rollouts = medec_rollouts(medec_path, unique, 120)
 
         def publish_steadily() -> None:  # traffic keeps flowing before, during and after the SIGTERM
             producer = kafka.producer()
             for r in rollouts:
-                producer.publish(ROLLOUTS_GENERATED, r.SerializeToString(), key=r.seed_note_id)
+                producer.publish(ROLLOUTS_GENERATED + f".{unique}", r.SerializeToString(), key=r.seed_note_id)
                 producer.flush()
                 time.sleep(0.03)
 
@@ -200,9 +197,9 @@ def test_sigterm_during_traffic_loses_no_message(kafka, kafka_bootstrap, medec_p
         assert verifier.terminate() == 0, "SIGTERM must end in a clean shutdown"
         processed_before = verifier.processed_at_shutdown()
         assert 0 < processed_before < len(rollouts), "the SIGTERM must land in the middle of the traffic"
-        verifier = ServiceProcess("verifier", kafka_bootstrap, group, "--set", "max_batch=4")
+        verifier = ServiceProcess("verifier", kafka_bootstrap, group, f".{unique}", "--set", "max_batch=4")
         publisher.join()
-        scored = collect_scored(kafka, f"reader-{unique}", {r.rollout_id for r in rollouts})
+        scored = collect_scored(kafka, f"reader-{unique}", f".{unique}", {r.rollout_id for r in rollouts})
         missing = {r.rollout_id for r in rollouts} - set(scored)
         assert not missing, f"{len(missing)} rollouts lost across the SIGTERM"
         for rollout in scored.values():

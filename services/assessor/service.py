@@ -212,7 +212,7 @@ class AssessorService(Service):
         rollout.reward.CopyFrom(reward)
         metrics.REWARD.labels(pb.Mode.Name(rollout.mode)).observe(reward.total)
         key = rollout.group_id or rollout.rollout_id
-        return [Output(ROLLOUTS_SCORED, key, pb.ScoredRollout(rollout=rollout))]
+        return [Output(self.topic(ROLLOUTS_SCORED), key, pb.ScoredRollout(rollout=rollout))]
 
     def _observe(self, rollout: pb.Rollout, verdict: pb.AssessorVerdict, reward: pb.RewardParts) -> None:
         mode = pb.Mode.Name(rollout.mode)
@@ -235,15 +235,15 @@ class AssessorService(Service):
                             "medserl.v1.Assessor")]
 
     def topics(self):
-        return [ROLLOUTS_VERIFIED, ROLLOUTS_SCORED, DEAD_LETTER]
+        return [self.topic(ROLLOUTS_VERIFIED), self.topic(ROLLOUTS_SCORED), self.topic(DEAD_LETTER)]
 
     def workers(self):
         s = self.settings
         return [StreamWorker(
-            service=self.name, bus=self.bus, topics=[ROLLOUTS_VERIFIED],
+            service=self.name, bus=self.bus, topics=[self.topic(ROLLOUTS_VERIFIED)],
             group_id=s.group_id or f"medserl-{self.name}", message_type=pb.Rollout,
             handler=self._handle, message_id=lambda r: r.rollout_id,
-            max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s, dead_letter_topic=DEAD_LETTER,
+            max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s, dead_letter_topic=self.topic(DEAD_LETTER),
             max_attempts=s.max_attempts,
         )]
 

@@ -209,7 +209,7 @@ class _InjectorServicer(injector_pb2_grpc.InjectorServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"note #{i}: {exc}")
         try:
             for note in request.notes:
-                self.service.producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
+                self.service.producer.publish(self.service.topic(NOTES_SEED), note.SerializeToString(), key=note.note_id)
             self.service.producer.flush()
         except Exception as exc:  # noqa: BLE001 - the bus is down; tell the client to retry
             self._count("SubmitSeeds", grpc.StatusCode.UNAVAILABLE)
@@ -338,7 +338,7 @@ class InjectorService(Service):
                 return results
             self.policy.admit(sum(len(g) for g in groups))
             for i, group in zip(positions, groups, strict=True):
-                results[i] = [Output(ROLLOUTS_GENERATED, r.group_id, r) for r in group]
+                results[i] = [Output(self.topic(ROLLOUTS_GENERATED), r.group_id, r) for r in group]
         return results
 
     def _handle_updates(self, updates: list[pb.PolicyUpdate]) -> list:
@@ -361,22 +361,22 @@ class InjectorService(Service):
                             "medserl.v1.Injector")]
 
     def topics(self):
-        return [NOTES_SEED, ROLLOUTS_GENERATED, POLICY_UPDATES, DEAD_LETTER]
+        return [self.topic(NOTES_SEED), self.topic(ROLLOUTS_GENERATED), self.topic(POLICY_UPDATES), self.topic(DEAD_LETTER)]
 
     def workers(self):
         s = self.settings
         self._seed_worker = AdmissionWorker(
             policy=self.policy, group_size=s.group_size,
-            service=self.name, bus=self.bus, topics=[NOTES_SEED], group_id=s.group_id or f"medserl-{self.name}",
+            service=self.name, bus=self.bus, topics=[self.topic(NOTES_SEED)], group_id=s.group_id or f"medserl-{self.name}",
             message_type=pb.Note, handler=self._handle_seeds, max_batch=s.max_batch,
-            poll_timeout_s=s.poll_timeout_s, dead_letter_topic=DEAD_LETTER, max_attempts=s.max_attempts,
+            poll_timeout_s=s.poll_timeout_s, dead_letter_topic=self.topic(DEAD_LETTER), max_attempts=s.max_attempts,
         )
         # every injector replica must see every policy update: a group of its own
         updates = StreamWorker(
-            service=self.name, bus=self.bus, topics=[POLICY_UPDATES],
+            service=self.name, bus=self.bus, topics=[self.topic(POLICY_UPDATES)],
             group_id=f"medserl-{self.name}-policy-{self._instance}", message_type=pb.PolicyUpdate,
             handler=self._handle_updates, max_batch=64, poll_timeout_s=s.poll_timeout_s,
-            dead_letter_topic=DEAD_LETTER, max_attempts=1,
+            dead_letter_topic=self.topic(DEAD_LETTER), max_attempts=1,
         )
         return [updates, self._seed_worker]
 
