@@ -82,3 +82,11 @@ def test_every_config_file_in_the_manifests_is_valid_for_its_service():
         cls = load_service_class(path.stem)
         settings = load_settings(cls.settings_cls, path, env={})
         assert settings.grpc_port == 50051 and settings.metrics_port == 9100
+
+
+def test_example_assessor_configs_load():
+    from services.assessor.service import AssessorSettings
+    from services.common.settings import load_settings
+
+    backends = {load_settings(AssessorSettings, p, env={}).backend for p in (ROOT / "configs").glob("assessor*.yaml")}
+    assert backends == {"transformers", "openai_chat", "baseline_last_sentence"}
