@@ -60,6 +60,12 @@ def kafka_broker():
         yield broker
     finally:
         broker.cleanup()
+        # clients some tests leave open keep reconnecting from their background threads until the
+        # interpreter exits; with the broker gone that is only noise on a closed capture stream
+        import logging
+
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        logging.raiseExceptions = False
 
 
 @pytest.fixture(scope="session")
