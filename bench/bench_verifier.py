@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.common.medec import pair_from_note, read_medec_csv  # noqa: E402
-from services.common.segment import split_sentences  # noqa: E402
+from services.common.segment import medec_agreement  # noqa: E402
 from services.verifier import checks, entities  # noqa: E402
 from services.verifier.lexicons import get_lexicon  # noqa: E402
 
@@ -46,23 +45,6 @@ def find_medec(flag: str | None) -> Path:
         if candidate and (Path(candidate) / "MEDEC-MS-ValidationSet-with-GroundTruth-and-ErrorType.csv").exists():
             return Path(candidate)
     sys.exit("MEDEC-MS validation CSV not found: pass --medec-dir or set MEDSERL_MEDEC_DIR")
-
-
-def segmentation_agreement(notes) -> tuple[int, int]:
-    """MEDEC lines that are real sentences (start and end one, single line) we reproduce exactly."""
-    real = hit = 0
-    for note in notes:
-        ours = set(split_sentences(note.text))
-        prev_ends = True
-        for _sid, sentence in note.sentences:
-            lines = sentence.split("\n")
-            first = lines[0].strip()
-            ends = bool(re.search(r"[.?!][\"')]*$", first))
-            if prev_ends and ends and len(lines) == 1 and re.match(r"^[A-Z0-9\"(]", first) and first in note.text:
-                real += 1
-                hit += first in ours
-            prev_ends = bool(re.search(r"[.?!][\"')]*$", lines[-1].strip()))
-    return real, hit
 
 
 def timed_pass(pairs, mode: str, cold: bool) -> tuple[float, int]:
@@ -138,7 +120,7 @@ def main() -> int:
     for kind, source in lexicon.sources.items():
         print(f"  {kind:<9} {source}")
     print("  sizes:   " + ", ".join(f"{k}={v:,}" for k, v in lexicon.sizes.items()))
-    real, hit = segmentation_agreement([n for n in notes if not n.error_flag])
+    real, hit = medec_agreement([n for n in notes if not n.error_flag])
     print(f"segmentation agreement with MEDEC on unedited validation notes: {hit}/{real} = {hit / real:.2%}")
     print()
     print(f"{len(pairs)} MEDEC-MS validation pairs, one core, CPU time, best of {args.repeat}")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from services.common.medec import read_medec_csv
-from services.common.segment import number_sentences, split_sentences
+from services.common.segment import medec_agreement, number_sentences, split_sentences
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -45,24 +43,6 @@ def test_editing_one_sentence_does_not_move_the_others(medec_path):
         assert again == edited, note.note_id
         checked += 1
     assert checked > 50
-
-
-def medec_agreement(notes) -> tuple[int, int]:
-    """(MEDEC lines that are real sentences, how many of them we reproduce exactly)."""
-    real = hit = 0
-    for note in notes:
-        ours = set(split_sentences(note.text))
-        prev_ends = True
-        for _sid, sentence in note.sentences:
-            lines = sentence.split("\n")
-            first = lines[0].strip()
-            ends = bool(re.search(r"[.?!][\"')]*$", first))
-            # a MEDEC line is a real sentence when it starts a sentence, ends one and is one line
-            if prev_ends and ends and len(lines) == 1 and re.match(r"^[A-Z0-9\"(]", first) and first in note.text:
-                real += 1
-                hit += first in ours
-            prev_ends = bool(re.search(r"[.?!][\"')]*$", lines[-1].strip()))
-    return real, hit
 
 
 def test_reproduces_medec_boundaries_on_unedited_notes(medec_path):

@@ -88,3 +88,29 @@ def join_sentences(sentences: list[tuple[int, str]] | list[str]) -> str:
     """A note text from its sentences (one space between them); the inverse used for model inputs."""
     parts = [s[1] if isinstance(s, tuple | list) else s for s in sentences]
     return " ".join(p.strip() for p in parts if p and p.strip())
+
+
+_SENTENCE_END = re.compile(r"[.?!][\"')]*$")
+_SENTENCE_START = re.compile(r"^[A-Z0-9\"(]")
+
+
+def medec_agreement(notes) -> tuple[int, int]:
+    """(MEDEC lines that are real sentences, how many of them ``split_sentences`` reproduces exactly).
+
+    A MEDEC line is a real sentence when it starts a sentence, ends one and is a single line;
+    MEDEC's own splitting is noisy elsewhere (``mm`` / ``Hg.`` on separate lines), so only those count.
+    ``notes`` carry ``.text`` and ``.sentences`` (``services.common.medec.MedecNote``).
+    """
+    real = hit = 0
+    for note in notes:
+        ours = set(split_sentences(note.text))
+        prev_ends = True
+        for _sid, sentence in note.sentences:
+            lines = sentence.split("\n")
+            first = lines[0].strip()
+            if prev_ends and _SENTENCE_END.search(first) and len(lines) == 1 and _SENTENCE_START.match(first) \
+                    and first in note.text:
+                real += 1
+                hit += first in ours
+            prev_ends = bool(_SENTENCE_END.search(lines[-1].strip()))
+    return real, hit
