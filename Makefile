@@ -18,7 +18,7 @@ help:  ## list targets
 
 # The venv lives outside the clone, keyed by the lock: CI on the same machine reuses it, and torch
 # (a CUDA build of a few GB from PyPI) is downloaded once into the wheelhouse.
-$(VENV)/.installed: requirements.lock
+$(VENV)/.installed:  # the folder name carries the lock hash, so a fresh clone (newer mtimes) reuses it
 	@echo ">> setting up $(VENV)"
 	@mkdir -p $(WHEELHOUSE)
 	$(PYTHON) -m venv $(VENV)

@@ -195,16 +195,11 @@ class BaselineDetector(Detector):
 
 def build_detector(settings) -> Detector:
     """A detector from assessor settings (``backend`` names a baseline or an inference backend)."""
-    from services.common.inference import BackendConfig, build_backend
+    from services.common.inference import build_backend
 
     if settings.backend in BASELINES:
         return BaselineDetector(settings.backend)
-    config = BackendConfig(
-        backend=settings.backend, model=settings.model, device=settings.device, dtype=settings.dtype,
-        max_batch_size=settings.max_batch_size, base_url=settings.base_url, tokenizer=settings.tokenizer,
-        api_key_env=settings.api_key_env, timeout_s=settings.timeout_s, adapter=settings.adapter,
-        chat_template_kwargs=dict(settings.chat_template_kwargs or {}),
-    )
+    config = settings.backend_config()
     params = GenerationParams(temperature=settings.temperature, top_p=settings.top_p,
                               max_new_tokens=settings.max_new_tokens, n=1,
                               seed=settings.seed if settings.seed >= 0 else None,

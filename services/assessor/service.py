@@ -18,17 +18,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
 from medserl.v1 import assessor_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
-from services.common import formats, metrics
+from services.common import metrics
+from services.common.inference import ModelServiceSettings
 from services.common.inference.notes import InvalidNote, note_sentences
 from services.common.reward import INVALID, UNPARSEABLE, RewardWeights, game_reward, gate_reward
 from services.common.runtime import GrpcBinding, Service
-from services.common.settings import ServiceSettings
 from services.common.topics import DEAD_LETTER, ROLLOUTS_SCORED, ROLLOUTS_VERIFIED
 from services.common.worker import InvalidInput, Output, StreamWorker
 
@@ -36,23 +36,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class AssessorSettings(ServiceSettings):
+class AssessorSettings(ModelServiceSettings):
     """Which detector, how it samples, and the reward weights."""
 
     grpc_port: int = 50054
     metrics_port: int = 9104
-    # transformers | vllm | openai_chat | baseline_no_error | baseline_last_sentence
-    backend: str = "transformers"
-    model: str = ""  # model folder (transformers) or served model name (vllm, openai_chat)
-    adapter: str = ""  # transformers: a LoRA adapter folder on top of ``model`` (loaded once, frozen)
-    device: str = "cpu"
-    dtype: str = "auto"
-    max_batch_size: int = 16
-    base_url: str = ""
-    tokenizer: str = ""
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 300.0
-    chat_template_kwargs: dict[str, object] = field(default_factory=lambda: dict(formats.CHAT_TEMPLATE_KWARGS))
     temperature: float = 0.0  # greedy: a detector should be deterministic
     top_p: float = 1.0
     max_new_tokens: int = 160

@@ -33,7 +33,7 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -41,17 +41,16 @@ from medserl.v1 import injector_pb2, injector_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import formats, metrics
 from services.common.inference import (
-    BackendConfig,
     Completion,
     GenerationParams,
     InferenceBackend,
+    ModelServiceSettings,
     PolicyUpdateError,
     build_backend,
 )
 from services.common.inference.notes import InvalidNote, make_note, note_sentences
 from services.common.reward import gate_reward
 from services.common.runtime import GrpcBinding, Service
-from services.common.settings import ServiceSettings
 from services.common.topics import DEAD_LETTER, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_GENERATED
 from services.common.worker import InvalidInput, Output, StreamWorker
 
@@ -61,20 +60,9 @@ MODE_NAMES = {pb.MODE_PARAPHRASE: "paraphrase", pb.MODE_INJECT: "inject"}
 
 
 @dataclass
-class InjectorSettings(ServiceSettings):
+class InjectorSettings(ModelServiceSettings):
     grpc_port: int = 50053
     metrics_port: int = 9103
-    backend: str = "transformers"  # transformers | vllm
-    model: str = ""  # model folder (transformers) or the base model vLLM serves
-    adapter: str = ""  # transformers: LoRA adapter of the starting policy (e.g. the SFT adapter)
-    device: str = "cpu"
-    dtype: str = "auto"
-    max_batch_size: int = 16
-    base_url: str = ""
-    tokenizer: str = ""
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 300.0
-    chat_template_kwargs: dict[str, object] = field(default_factory=lambda: dict(formats.CHAT_TEMPLATE_KWARGS))
     inject_fraction: float = 0.5  # share of seed notes given mode inject (the rest: paraphrase)
     group_size: int = 4  # edits sampled per seed note (the learner's per-note baseline)
     temperature: float = 1.0
@@ -231,12 +219,7 @@ class InjectorService(Service):
         if settings.backend not in ("transformers", "vllm"):
             raise ValueError(f"the injector needs token ids and log-probs: backend must be transformers or vllm, "
                              f"got {settings.backend!r}")
-        self.backend = backend or build_backend(BackendConfig(
-            backend=settings.backend, model=settings.model, device=settings.device, dtype=settings.dtype,
-            max_batch_size=settings.max_batch_size, base_url=settings.base_url, tokenizer=settings.tokenizer,
-            api_key_env=settings.api_key_env, timeout_s=settings.timeout_s, adapter=settings.adapter,
-            chat_template_kwargs=dict(settings.chat_template_kwargs or {}),
-        ))
+        self.backend = backend or build_backend(settings.backend_config())
         self.params = GenerationParams(temperature=settings.temperature, top_p=settings.top_p,
                                        max_new_tokens=settings.max_new_tokens, n=settings.group_size,
                                        seed=None).validate()

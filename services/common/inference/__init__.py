@@ -36,6 +36,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from services.common import formats
+from services.common.settings import ServiceSettings
+
 log = logging.getLogger(__name__)
 
 Messages = list[dict]
@@ -638,6 +641,29 @@ class BackendConfig:
     timeout_s: float = 300.0
     adapter: str = ""  # transformers: a LoRA adapter to load at start
     chat_template_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelServiceSettings(ServiceSettings):
+    """Settings of a service that runs a model (injector, assessor): which backend, which model."""
+
+    backend: str = "transformers"  # transformers | vllm | openai_chat (assessor: also the baselines)
+    model: str = ""  # model folder (transformers) or served model name (vllm, openai_chat)
+    adapter: str = ""  # transformers: a LoRA adapter folder on top of ``model``
+    device: str = "cpu"
+    dtype: str = "auto"
+    max_batch_size: int = 16
+    base_url: str = ""  # vllm / openai_chat endpoint
+    tokenizer: str = ""  # vllm: local tokenizer folder when ``model`` is not a path
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never from a file
+    timeout_s: float = 300.0
+    chat_template_kwargs: dict[str, object] = field(default_factory=lambda: dict(formats.CHAT_TEMPLATE_KWARGS))
+
+    def backend_config(self) -> BackendConfig:
+        return BackendConfig(backend=self.backend, model=self.model, device=self.device, dtype=self.dtype,
+                             max_batch_size=self.max_batch_size, base_url=self.base_url, tokenizer=self.tokenizer,
+                             api_key_env=self.api_key_env, timeout_s=self.timeout_s, adapter=self.adapter,
+                             chat_template_kwargs=dict(self.chat_template_kwargs or {}))
 
 
 def build_backend(config: BackendConfig) -> InferenceBackend:
