@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -660,10 +660,9 @@ class ModelServiceSettings(ServiceSettings):
     chat_template_kwargs: dict[str, object] = field(default_factory=lambda: dict(formats.CHAT_TEMPLATE_KWARGS))
 
     def backend_config(self) -> BackendConfig:
-        return BackendConfig(backend=self.backend, model=self.model, device=self.device, dtype=self.dtype,
-                             max_batch_size=self.max_batch_size, base_url=self.base_url, tokenizer=self.tokenizer,
-                             api_key_env=self.api_key_env, timeout_s=self.timeout_s, adapter=self.adapter,
-                             chat_template_kwargs=dict(self.chat_template_kwargs or {}))
+        """The backend part of these settings (BackendConfig's fields are a subset of ours)."""
+        values = {f.name: getattr(self, f.name) for f in fields(BackendConfig)}
+        return BackendConfig(**{**values, "chat_template_kwargs": dict(self.chat_template_kwargs or {})})
 
 
 def build_backend(config: BackendConfig) -> InferenceBackend:
