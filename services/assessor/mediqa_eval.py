@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.medec import parse_medec_sentences  # one parser of MEDEC's Sentences column
+
 NA = "NA"
 # pandas' default NA markers: the official script reads the CSV with pandas, so these become "NA"
 PANDAS_NA_STRINGS = frozenset(
@@ -310,24 +312,6 @@ METRIC_LABELS = (
     ("rougeL_composite", "ROUGE-L F composite"),
     ("aggregate_composite", "Aggregate composite (ROUGE-1)"),
 )
-
-
-def parse_medec_sentences(column: str) -> list[tuple[int, str]]:
-    """MEDEC's ``Sentences`` column: ``<id> <sentence>`` lines; an id-less line continues the last."""
-    sentences: list[tuple[int, str]] = []
-    for line in column.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        head, _, rest = line.partition(" ")
-        if head.isdigit():
-            sentences.append((int(head), rest.strip()))
-        elif sentences:
-            sid, text = sentences[-1]
-            sentences[-1] = (sid, f"{text} {line}".strip())
-        else:
-            sentences.append((0, line))
-    return sentences
 
 
 def last_sentence_ids(reference: list[ReferenceRow]) -> dict[str, int]:

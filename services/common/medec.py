@@ -138,14 +138,18 @@ _ID_LINE = re.compile(r"^(\d+) (.*)$")
 
 
 def parse_medec_sentences(cell: str) -> list[tuple[int, str]]:
-    """MEDEC's ``Sentences`` column: ``<id> <text>`` lines; id-less lines continue the previous one."""
+    """MEDEC's ``Sentences`` column: ``<id> <text>`` lines; id-less lines continue the previous one
+    (a leading id-less line becomes sentence 0, so no text is dropped)."""
     sentences: list[list] = []
     for line in cell.replace("\r\n", "\n").split("\n"):
         match = _ID_LINE.match(line)
         if match:
             sentences.append([int(match.group(1)), match.group(2)])
-        elif sentences and line.strip():
-            sentences[-1][1] = f"{sentences[-1][1]}\n{line}"
+        elif line.strip():
+            if sentences:
+                sentences[-1][1] = f"{sentences[-1][1]}\n{line}"
+            else:
+                sentences.append([0, line])
     return [(i, s.strip()) for i, s in sentences]
 
 
