@@ -74,41 +74,32 @@ class _AssessorServicer(assessor_pb2_grpc.AssessorServicer):
     def _count(self, method: str, code: grpc.StatusCode) -> None:
         metrics.GRPC_REQUESTS.labels(self.service.name, method, code.name).inc()
 
-    def Assess(self, request, context):
+    def _assess_one(self, note: pb.Note, method: str, label: str, context) -> pb.AssessorVerdict:
+        """Validate one note and judge it; a bad note is INVALID_ARGUMENT, a backend failure UNAVAILABLE."""
         try:
-            sentences = note_sentences(request.note)
+            sentences = note_sentences(note)
         except InvalidNote as exc:
-            self._count("Assess", grpc.StatusCode.INVALID_ARGUMENT)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid note: {exc}")
+            self._count(method, grpc.StatusCode.INVALID_ARGUMENT)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {label}: {exc}")
         try:
-            verdict = self.service.assess([sentences])[0]
+            return self.service.assess([sentences])[0]
         except Exception as exc:  # noqa: BLE001 - a backend failure is UNAVAILABLE, the server lives on
             log.exception("assessment failed", extra={"error_class": type(exc).__name__})
-            self._count("Assess", grpc.StatusCode.UNAVAILABLE)
+            self._count(method, grpc.StatusCode.UNAVAILABLE)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"assessor backend failed: {type(exc).__name__}")
+
+    def Assess(self, request, context):
+        verdict = self._assess_one(request.note, "Assess", "note", context)
         self._count("Assess", grpc.StatusCode.OK)
         return verdict
 
     def AssessMany(self, request_iterator, context):
-        count = 0
-        for request in request_iterator:
-            count += 1
-            if count > self.service.settings.max_stream_notes:
+        limit = self.service.settings.max_stream_notes
+        for count, request in enumerate(request_iterator, start=1):
+            if count > limit:
                 self._count("AssessMany", grpc.StatusCode.RESOURCE_EXHAUSTED)
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"more than {self.service.settings.max_stream_notes} notes in one stream")
-            try:
-                sentences = note_sentences(request.note)
-            except InvalidNote as exc:
-                self._count("AssessMany", grpc.StatusCode.INVALID_ARGUMENT)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid note #{count - 1}: {exc}")
-            try:
-                verdict = self.service.assess([sentences])[0]
-            except Exception as exc:  # noqa: BLE001
-                log.exception("assessment failed", extra={"error_class": type(exc).__name__})
-                self._count("AssessMany", grpc.StatusCode.UNAVAILABLE)
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"assessor backend failed: {type(exc).__name__}")
-            yield verdict
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {limit} notes in one stream")
+            yield self._assess_one(request.note, "AssessMany", f"note #{count - 1}", context)
         self._count("AssessMany", grpc.StatusCode.OK)
 
 
