@@ -261,23 +261,33 @@ def _parse_flag(value: str) -> bool | None:
 
 def parse_assessor_output(text: str, num_sentences: int | None = None) -> AssessorOutput | ParseFailure:
     """Read a MEDEC verdict; ``num_sentences`` (when given) rejects ids outside the note."""
+    return _never_raising(_parse_assessor, text, num_sentences)
+
+
+def _never_raising(parse, text, *args):
+    """Run ``parse`` so that a bug in it (or a non-string input) is a ParseFailure, never an exception."""
     try:
-        return _parse_assessor(text, num_sentences)
+        if not isinstance(text, str):
+            return ParseFailure(f"expected text, got {type(text).__name__}", repr(text))
+        return parse(text, *args)
     except Exception as exc:  # a parser bug must not take a service down
-        return ParseFailure(
-            f"parser error: {type(exc).__name__}", text if isinstance(text, str) else repr(text)
-        )
+        return ParseFailure(f"parser error: {type(exc).__name__}", text if isinstance(text, str) else repr(text))
 
 
-def _parse_assessor(text: str, num_sentences: int | None) -> AssessorOutput | ParseFailure:
-    if not isinstance(text, str):
-        return ParseFailure(f"expected text, got {type(text).__name__}", repr(text))
+def _output_fields(text: str, keys: Sequence[str]) -> dict[str, str] | ParseFailure:
+    """``key: value`` lines of a model output after removing think blocks, fences and emphasis."""
     cleaned = _strip_wrappers(text)
     if isinstance(cleaned, ParseFailure):
         return cleaned
     if not cleaned:
         return ParseFailure("empty output", text)
-    fields = _key_values(cleaned, ASSESSOR_KEYS)
+    return _key_values(cleaned, keys)
+
+
+def _parse_assessor(text: str, num_sentences: int | None) -> AssessorOutput | ParseFailure:
+    fields = _output_fields(text, ASSESSOR_KEYS)
+    if isinstance(fields, ParseFailure):
+        return fields
     if "error_flag" not in fields:
         return ParseFailure("missing error_flag line", text)
     flag = _parse_flag(fields["error_flag"])
@@ -304,23 +314,13 @@ def _parse_assessor(text: str, num_sentences: int | None) -> AssessorOutput | Pa
 
 def parse_injector_edit(text: str) -> InjectorEdit | ParseFailure:
     """Read the injector's edit (whether the id exists in the note is checked by ``apply_edit``)."""
-    try:
-        return _parse_injector(text)
-    except Exception as exc:  # a parser bug must not take a service down
-        return ParseFailure(
-            f"parser error: {type(exc).__name__}", text if isinstance(text, str) else repr(text)
-        )
+    return _never_raising(_parse_injector, text)
 
 
 def _parse_injector(text: str) -> InjectorEdit | ParseFailure:
-    if not isinstance(text, str):
-        return ParseFailure(f"expected text, got {type(text).__name__}", repr(text))
-    cleaned = _strip_wrappers(text)
-    if isinstance(cleaned, ParseFailure):
-        return cleaned
-    if not cleaned:
-        return ParseFailure("empty output", text)
-    fields = _key_values(cleaned, INJECTOR_KEYS)
+    fields = _output_fields(text, INJECTOR_KEYS)
+    if isinstance(fields, ParseFailure):
+        return fields
     for key in ("sentence_id", "new_sentence", "error_type"):
         if key not in fields:
             return ParseFailure(f"missing {key} line", text)
