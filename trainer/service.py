@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from medserl.v1 import messages_pb2 as pb
 from medserl.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common import metrics
 from services.common.bus import Bus, BusError, Consumer, Record
+from services.common.fileio import write_atomic
 from services.common.runtime import GrpcBinding, Service
 from services.common.settings import ServiceSettings
 from services.common.topics import DEAD_LETTER, POLICY_UPDATES, ROLLOUTS_SCORED
@@ -57,15 +57,6 @@ class TrainerSettings(ServiceSettings):
     micro_batch_size: int = ReinforcePPConfig.micro_batch_size
     max_updates: int = 0  # stop learning after this many versions (0: no limit)
     seed: int = 0
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class LearnerLoop:
@@ -195,7 +186,7 @@ class LearnerLoop:
             "by_mode": _count(pb.Mode.Name(r.mode) for r in batch),
         }
         self.history.append(entry)
-        _atomic_write(
+        write_atomic(
             self.dir / STATE_FILE,
             json.dumps(
                 {"version": self.version, "history": self.history, "consumed_ids": list(self.consumed)}

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from services.common import metrics
+from services.common.fileio import write_atomic
 from services.common.formats import InjectorEdit, ParseFailure, apply_edit, sft_messages
 from services.common.medec import PairRecord, load_pairs_jsonl, normalize_error_type
 from services.generator.client import (
@@ -277,15 +278,6 @@ def read_jsonl(path: Path) -> list[dict]:
         except ValueError:
             continue
     return rows
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_combined(out_dir: Path, seed: int) -> dict:
