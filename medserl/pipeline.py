@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -41,23 +42,14 @@ class PipelineConfig:
     progress: bool = True
 
 
-@dataclass
-class StageTimes:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def timed(self, name: str):
-        times = self
-
-        class _Timer:
-            def __enter__(self):
-                self.start = time.perf_counter()
-                print(f"\n== {name}", flush=True)
-
-            def __exit__(self, *exc):
-                times.seconds[name] = round(time.perf_counter() - self.start, 1)
-                print(f"   {name}: {times.seconds[name]} s", flush=True)
-
-        return _Timer()
+@contextmanager
+def stage(name: str, seconds: dict[str, float]):
+    """Print a stage header and record how long the stage took."""
+    print(f"\n== {name}", flush=True)
+    started = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - started, 1)
+    print(f"   {name}: {seconds[name]} s", flush=True)
 
 
 def resolve_inputs(medec_dir: str | None) -> tuple[list[Path], str]:
@@ -237,21 +229,21 @@ def run_pipeline(config: PipelineConfig) -> dict:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    times = StageTimes()
+    seconds: dict[str, float] = {}
     results: dict = {"config": asdict(config)}
-    with times.timed("1/6 data prepare"):
+    with stage("1/6 data prepare", seconds):
         results["data"] = stage_data(config, out)
-    with times.timed("2/6 SFT set (offline generator, verified)"):
+    with stage("2/6 SFT set (offline generator, verified)", seconds):
         results["sft_data"] = stage_sft_data(config, out, results["data"])
-    with times.timed("3/6 tiny model"):
+    with stage("3/6 tiny model", seconds):
         results["tiny_model"] = stage_tiny_model(config, out, results["data"])
-    with times.timed("4/6 SFT"):
+    with stage("4/6 SFT", seconds):
         results["sft"] = stage_sft(config, out, results["tiny_model"])
-    with times.timed("5/6 RL self-play (verifier, injector, assessor, learner on the in-memory bus)"):
+    with stage("5/6 RL self-play (verifier, injector, assessor, learner on the in-memory bus)", seconds):
         results["rl"] = stage_rl(config, out, results["sft"], results["data"])
-    with times.timed("6/6 MEDIQA-CORR evaluation of the frozen assessor"):
+    with stage("6/6 MEDIQA-CORR evaluation of the frozen assessor", seconds):
         results["eval"] = stage_eval(config, out, results["sft"], results["data"])
-    results["stage_seconds"] = times.seconds
+    results["stage_seconds"] = seconds
     (out / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     report = write_report(results, out)
     print(f"\nreport: {report}")
