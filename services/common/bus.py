@@ -20,6 +20,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from kafka.partitioner.default import murmur2
+
 DEFAULT_PARTITIONS = 4
 
 
@@ -50,8 +52,6 @@ def partition_for_key(key: bytes | None, num_partitions: int, counter: itertools
     """Kafka's default partitioner (murmur2 of the key), so both buses place keys alike."""
     if key is None:
         return next(counter) % num_partitions
-    from kafka.partitioner.default import murmur2
-
     return (murmur2(key) & 0x7FFFFFFF) % num_partitions
 
 
