@@ -43,7 +43,7 @@ protos: venv  ## regenerate the committed Python stubs from protos/
 	$(PY) scripts/gen_protos.py
 
 kafka: venv  ## run a local Kafka broker until Ctrl-C
-	$(PY) -m services.common.kafka_local start
+	$(PY) -m medserl_cli.kafka_local start
 
 bench: venv  ## run every benchmark in bench/
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

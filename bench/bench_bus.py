@@ -62,7 +62,7 @@ def main() -> int:
     broker = None
     bootstrap = args.kafka
     if not bootstrap:
-        from services.common.kafka_local import start_broker
+        from medserl_cli.kafka_local import start_broker
 
         broker = start_broker()
         bootstrap = broker.bootstrap

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.common.medec import default_medec_dir  # noqa: E402
+from medec.prepare import default_medec_dir  # noqa: E402
 from services.generator.pipeline import GeneratorConfig, generate_sft  # noqa: E402
 from tests.fake_openai_server import FakeConfig, FakeOpenAI  # noqa: E402
 

@@ -33,7 +33,7 @@ def find_medec(arg: str | None) -> Path:
 
 
 def load_notes(medec: Path, count: int) -> list[pb.Note]:
-    from services.common.medec import read_medec_csv
+    from medec.prepare import read_medec_csv
 
     notes, _ = read_medec_csv(medec / VALIDATION)
     return [pb.Note(note_id=n.note_id, sentences=[pb.Sentence(id=int(i), text=s) for i, s in n.sentences])
@@ -41,7 +41,7 @@ def load_notes(medec: Path, count: int) -> list[pb.Note]:
 
 
 def bench_injector(model: Path, notes: list[pb.Note], args) -> dict:
-    from services.common.inference.notes import note_sentences
+    from services.common.notes import note_sentences
     from services.injector.service import InjectorService, InjectorSettings
 
     settings = InjectorSettings(model=str(model), group_size=args.group_size, max_new_tokens=args.max_new_tokens,
@@ -69,7 +69,7 @@ def generated_tokens() -> float:
 
 def bench_assessor(model: Path | None, notes: list[pb.Note], args) -> dict:
     from services.assessor.service import AssessorService, AssessorSettings
-    from services.common.inference.notes import note_sentences
+    from services.common.notes import note_sentences
 
     backend = "transformers" if model else "baseline_last_sentence"
     settings = AssessorSettings(backend=backend, model=str(model or ""), max_new_tokens=args.max_new_tokens,

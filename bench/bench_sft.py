@@ -37,7 +37,7 @@ def sft_data(workdir: Path, medec_dir: str | None, records: int, max_sentences: 
     if medec_dir:
         csv_path = Path(medec_dir) / MEDEC_VALIDATION_CSV
     else:
-        from services.common.medec import demo_csv_path
+        from medec.prepare import demo_csv_path
 
         csv_path = demo_csv_path()
     rows = medec_sft_records(csv_path, max_records=records, max_sentences=max_sentences)

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.common.medec import pair_from_note, read_medec_csv  # noqa: E402
+from medec.prepare import pair_from_note, read_medec_csv  # noqa: E402
 from services.common.segment import medec_agreement  # noqa: E402
 from services.verifier import checks, entities  # noqa: E402
 from services.verifier.lexicons import get_lexicon  # noqa: E402

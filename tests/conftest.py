@@ -48,7 +48,7 @@ def kafka_broker():
     if external:
         yield _ExternalBroker(external)
         return
-    from services.common.kafka_local import BrokerError, start_broker
+    from medserl_cli.kafka_local import BrokerError, start_broker
 
     try:
         broker = start_broker()

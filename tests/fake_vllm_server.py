@@ -216,7 +216,8 @@ def _samples(state: FakeVllmState, prompt_ids: list[int], model: str, n: int, ma
                 ids, finish = ids[:max_tokens], "length"
             out.append((ids, [round(-rng.random(), 4) for _ in ids], finish))
         return out
-    from services.common.inference import GenerationParams, TransformersBackend
+    from services.inference import GenerationParams
+    from services.inference.transformers_backend import TransformersBackend
 
     if state.backend is None:
         state.backend = TransformersBackend(state.model_dir)

@@ -15,16 +15,16 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from medec.prepare import read_medec_csv
 from medserl.v1 import assessor_pb2, assessor_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.assessor.detector import BaselineDetector, FrozenAssessorError, flag_probability
 from services.assessor.service import AssessorService, AssessorSettings
 from services.common import formats, reward
 from services.common.bus import MemoryBus
-from services.common.inference import checkpoint_sha256
-from services.common.medec import read_medec_csv
 from services.common.runtime import ServiceRuntime
 from services.common.topics import DEAD_LETTER, ROLLOUTS_SCORED, ROLLOUTS_VERIFIED
+from services.inference import checkpoint_sha256
 from tests.conftest import ROOT
 
 VALIDATION = "MEDEC-MS-ValidationSet-with-GroundTruth-and-ErrorType.csv"
@@ -245,7 +245,7 @@ def test_the_model_never_sees_ids_or_neighbours(medec_notes):
 
 def test_serve_assessor_with_a_baseline_needs_no_model(medec_notes):
     """``medserl serve assessor --set backend=baseline_last_sentence`` starts, answers and stops cleanly."""
-    cmd = [sys.executable, "-m", "medserl", "serve", "assessor", "--bus", "memory", "--grpc-port", "0",
+    cmd = [sys.executable, "-m", "medserl_cli", "serve", "assessor", "--bus", "memory", "--grpc-port", "0",
            "--metrics-port", "0", "--set", "backend=baseline_last_sentence"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from medserl.cli import main as cli_main
-from services.assessor import mediqa_eval as me
+from medec import mediqa_eval as me
+from medserl_cli.cli import main as cli_main
 from services.assessor.detector import BaselineDetector
 from services.assessor.evaluate import assess_reference
 

@@ -14,8 +14,8 @@ import re
 
 import pytest
 
-from medserl.cli import main as cli_main
-from services.assessor import mediqa_eval as me
+from medec import mediqa_eval as me
+from medserl_cli.cli import main as cli_main
 
 VALIDATION = "MEDEC-MS-ValidationSet-with-GroundTruth-and-ErrorType.csv"
 TEST = "MEDEC-MS-TestSet-with-GroundTruth-and-ErrorType.csv"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from medec.prepare import load_pairs_jsonl
 from services.common.formats import sft_messages
-from services.common.medec import load_pairs_jsonl
 from services.generator.costs import Budget, BudgetExhausted, TokenCounter
 from services.generator.pipeline import GeneratorConfig, GeneratorError, generate_sft, read_jsonl
 from services.generator.prompts import load_prompts
@@ -176,7 +176,7 @@ def test_budget_reservations_are_a_hard_cap():
 def test_killed_run_resumes_with_zero_repeated_paid_requests(tmp_path, pairs_path, fake_server):
     server = fake_server(latency_s=0.08)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "medserl", "generate-sft", "--input-jsonl", str(pairs_path), "--output-dir", str(out),
+    cmd = [sys.executable, "-m", "medserl_cli", "generate-sft", "--input-jsonl", str(pairs_path), "--output-dir", str(out),
            "--num-pairs", "30", "--add-reasoning", "--base-url", server.base_url, "--concurrency", "3",
            "--no-progress"]
     env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-logged"}
@@ -245,7 +245,7 @@ def test_dry_run_estimates_without_sending(tmp_path, pairs_path, fake_server):
 
 
 def test_cli_reports_user_errors_with_exit_code_2(tmp_path, pairs_path, capsys):
-    from medserl.cli import main
+    from medserl_cli.cli import main
 
     assert main(["generate-sft", "--input-jsonl", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path)]) == 2
     assert "input file not found" in capsys.readouterr().err
@@ -317,7 +317,7 @@ def test_a_request_in_flight_when_the_process_died_is_recovered_not_repaid(tmp_p
 def test_batch_run_killed_while_its_batch_is_open_polls_it_instead_of_paying_again(tmp_path, pairs_path, fake_server):
     server = fake_server(batch_delay_s=1.5)
     out = tmp_path / "batch-killed"
-    cmd = [sys.executable, "-m", "medserl", "generate-sft", "--input-jsonl", str(pairs_path), "--output-dir", str(out),
+    cmd = [sys.executable, "-m", "medserl_cli", "generate-sft", "--input-jsonl", str(pairs_path), "--output-dir", str(out),
            "--num-pairs", "6", "--add-reasoning", "--base-url", server.base_url, "--batch", "--batch-poll", "0.05",
            "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OPENAI_API_KEY": "sk-test"},

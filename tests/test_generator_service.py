@@ -7,10 +7,10 @@ import time
 import grpc
 import pytest
 
+from medec.prepare import PairRecord, load_pairs_jsonl
 from medserl.v1 import generator_pb2, generator_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common.bus import MemoryBus
-from services.common.medec import PairRecord, load_pairs_jsonl
 from services.common.runtime import ServiceRuntime
 from services.common.settings import load_settings
 from services.common.topics import SFT_CANDIDATES

@@ -8,19 +8,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from medec.prepare import read_medec_csv
 from services.common import formats
-from services.common.inference import (
+from services.inference import (
     Completion,
     GenerationParams,
     InferenceError,
-    OpenAIChatBackend,
     PolicyUpdateError,
-    TransformersBackend,
-    VllmBackend,
     checkpoint_sha256,
     encode_prompt,
 )
-from services.common.medec import read_medec_csv
+from services.inference.openai_chat import OpenAIChatBackend
+from services.inference.transformers_backend import TransformersBackend
+from services.inference.vllm_backend import VllmBackend
 from tests.fake_vllm_server import FakeVllmServer, make_lora_adapter
 
 VALIDATION = "MEDEC-MS-ValidationSet-with-GroundTruth-and-ErrorType.csv"

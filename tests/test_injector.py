@@ -8,14 +8,14 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from medec.prepare import read_medec_csv
 from medserl.v1 import injector_pb2, injector_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import formats, reward
 from services.common.bus import MemoryBus
-from services.common.inference import checkpoint_sha256, encode_prompt
-from services.common.medec import read_medec_csv
 from services.common.runtime import ServiceRuntime
 from services.common.topics import DEAD_LETTER, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_GENERATED
+from services.inference import checkpoint_sha256, encode_prompt
 from services.injector.service import InjectorService, InjectorSettings
 from tests.fake_vllm_server import FakeVllmServer, make_lora_adapter
 

@@ -75,7 +75,7 @@ def test_dashboard_and_alerts_use_only_metrics_the_code_defines():
 
 def test_every_config_file_in_the_manifests_is_valid_for_its_service():
     """A typo in a ConfigMap setting fails here, not in a crash-looping pod."""
-    from services.common.registry import load_service_class
+    from medserl_cli.registry import load_service_class
     from services.common.settings import load_settings
 
     for path in sorted((K8S / "base" / "config").glob("*.yaml")):

@@ -8,8 +8,7 @@ import shutil
 
 import pytest
 
-from medserl.cli import main
-from services.common.medec import (
+from medec.prepare import (
     CSV_COLUMNS,
     SPLITS,
     MedecFormatError,
@@ -23,6 +22,7 @@ from services.common.medec import (
     read_medec_csv,
     write_prepared,
 )
+from medserl_cli.cli import main
 from services.verifier.checks import verify
 
 VAL = "MEDEC-MS-ValidationSet-with-GroundTruth-and-ErrorType.csv"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from medserl.cli import main
-from medserl.pipeline import PipelineConfig, run_pipeline
+from medserl_cli.cli import main
+from medserl_cli.pipeline import PipelineConfig, run_pipeline
 
 
 def test_the_whole_pipeline_runs_embedded_and_writes_a_report(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.medec import read_medec_csv
+from medec.prepare import read_medec_csv
 from services.common.segment import medec_agreement, number_sentences, split_sentences
 
 

@@ -20,9 +20,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from medec.prepare import read_medec_csv
 from medserl.v1 import messages_pb2 as pb
 from services.common import reward
-from services.common.medec import read_medec_csv
 from services.common.topics import ROLLOUTS_GENERATED, ROLLOUTS_SCORED
 from tests.conftest import ROOT
 
@@ -34,7 +34,7 @@ class ServiceProcess:
 
     def __init__(self, name: str, bootstrap: str, group: str, suffix: str, *extra: str):
         self.name = name
-        cmd = [sys.executable, "-m", "medserl", "serve", name, "--bus", "kafka", "--kafka-bootstrap", bootstrap,
+        cmd = [sys.executable, "-m", "medserl_cli", "serve", name, "--bus", "kafka", "--kafka-bootstrap", bootstrap,
                "--grpc-port", "0", "--metrics-port", "0", "--set", f"group_id={group}", "--set", "poll_timeout_s=0.2",
                "--set", f"topic_suffix={suffix}",
                *extra]

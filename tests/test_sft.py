@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from medserl.cli import build_parser, main
+from medserl_cli.cli import build_parser, main
 from services.common import formats, metrics
 from trainer.medec_sft import medec_sft_records
 from trainer.sft import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medserl.cli import main
+from medserl_cli.cli import main
 from trainer.memory import (
     QWEN3_4B_DIMS,
     QWEN3_LORA_TARGETS,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from medserl.cli import main
+from medserl_cli.cli import main
 from services.common import formats
 from trainer.medec_sft import medec_sft_records
 from trainer.tiny_model import (

@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 
+from medec.prepare import read_medec_csv
 from medserl.v1 import messages_pb2 as pb
 from services.common import formats
 from services.common.bus import MemoryBus
-from services.common.medec import read_medec_csv
 from services.common.topics import DEAD_LETTER, POLICY_UPDATES, ROLLOUTS_SCORED
 from trainer.reinforce import sequence_logprobs
 from trainer.service import LearnerLoop, TrainerSettings

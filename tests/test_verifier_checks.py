@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.medec import pair_from_note, read_medec_csv
+from medec.prepare import pair_from_note, read_medec_csv
 from services.verifier.checks import VerifyInputError, verify
 from services.verifier.entities import entity_counts, entity_diff
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from medserl.cli import main
-from services.common.medec import pair_from_note, read_medec_csv
+from medec.prepare import pair_from_note, read_medec_csv
+from medserl_cli.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from medec.prepare import pair_from_note, read_medec_csv
 from medserl.v1 import messages_pb2 as pb
 from medserl.v1 import verifier_pb2, verifier_pb2_grpc
 from services.common import topics
 from services.common.bus import MemoryBus
-from services.common.medec import pair_from_note, read_medec_csv
 from services.common.reward import INVALID, UNPARSEABLE, gate_reward
 from services.common.runtime import ServiceRuntime
 from services.verifier.service import VerifierService, VerifierSettings

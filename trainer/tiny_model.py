@@ -82,10 +82,10 @@ def medec_texts(medec_dir: str | os.PathLike) -> list[str]:
 def demo_texts() -> list[str]:
     """Notes of the project's own demo set (MEDEC format), used when no MEDEC data is given."""
     try:
-        from services.common.medec import demo_csv_path
+        from medec.prepare import demo_csv_path
     except ImportError as exc:  # pragma: no cover - only before the data module exists
         raise RuntimeError(
-            "the demo set is not available (services.common.medec); pass texts or --medec-dir"
+            "the demo set is not available (medec.prepare); pass texts or --medec-dir"
         ) from exc
     return read_note_texts(demo_csv_path())
 

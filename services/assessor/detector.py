@@ -3,7 +3,7 @@
 A detector sees only numbered sentences (``[(id, text)]``): never a note id, a file name or a
 neighbouring note. Backends:
 
-* a model through ``services.common.inference`` (``transformers``, ``vllm``, ``openai_chat``);
+* a model through ``services.inference`` (``transformers``, ``vllm``, ``openai_chat``);
 * trivial baselines that need no model at all: ``baseline_no_error`` (always "no error") and
   ``baseline_last_sentence`` (always flags the last sentence), the yardsticks MEDEC needs because
   the error is the last sentence in most notes.
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.common import formats
-from services.common.inference import GenerationParams, InferenceBackend, PolicyUpdateError
+from services.inference import GenerationParams, InferenceBackend, PolicyUpdateError
 
 BASELINES = ("baseline_no_error", "baseline_last_sentence")
 Sentences = Sequence[tuple[int, str]]
@@ -195,7 +195,7 @@ class BaselineDetector(Detector):
 
 def build_detector(settings) -> Detector:
     """A detector from assessor settings (``backend`` names a baseline or an inference backend)."""
-    from services.common.inference import build_backend
+    from services.inference import build_backend
 
     if settings.backend in BASELINES:
         return BaselineDetector(settings.backend)

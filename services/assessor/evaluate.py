@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.assessor import mediqa_eval as me
+from medec import mediqa_eval as me
 
 
 @dataclass

@@ -25,12 +25,12 @@ import grpc
 from medserl.v1 import assessor_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import metrics
-from services.common.inference import ModelServiceSettings
-from services.common.inference.notes import InvalidNote, note_sentences
+from services.common.notes import InvalidNote, note_sentences
 from services.common.reward import INVALID, UNPARSEABLE, RewardWeights, game_reward, gate_reward
 from services.common.runtime import GrpcBinding, Service
 from services.common.topics import DEAD_LETTER, ROLLOUTS_SCORED, ROLLOUTS_VERIFIED
 from services.common.worker import InvalidInput, Output, StreamWorker
+from services.inference import ModelServiceSettings
 
 log = logging.getLogger(__name__)
 

@@ -99,7 +99,7 @@ def medec_agreement(notes) -> tuple[int, int]:
 
     A MEDEC line is a real sentence when it starts a sentence, ends one and is a single line;
     MEDEC's own splitting is noisy elsewhere (``mm`` / ``Hg.`` on separate lines), so only those count.
-    ``notes`` carry ``.text`` and ``.sentences`` (``services.common.medec.MedecNote``).
+    ``notes`` carry ``.text`` and ``.sentences`` (``medec.prepare.MedecNote``).
     """
     real = hit = 0
     for note in notes:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-SFT_CANDIDATES = "sft.candidates"  # SftExample, generator -> verifier
-SFT_VERIFIED = "sft.verified"  # SftExample with a passing VerificationReport
-SFT_REJECTED = "sft.rejected"  # SftExample with the failed checks
+SFT_VERIFIED = "sft.verified"  # SftExample the generator kept, with its passing VerificationReport
+SFT_REJECTED = "sft.rejected"  # SftExample the generator dropped, with the failed checks
 NOTES_SEED = "notes.seed"  # Note, seed notes for the RL pool
 ROLLOUTS_GENERATED = "rollouts.generated"  # Rollout, injector -> verifier
 ROLLOUTS_VERIFIED = "rollouts.verified"  # Rollout with verification, verifier -> assessor
@@ -13,7 +12,6 @@ POLICY_UPDATES = "policy.updates"  # PolicyUpdate, learner -> injector
 DEAD_LETTER = "deadletter"  # DeadLetter, from every service
 
 ALL_TOPICS = (
-    SFT_CANDIDATES,
     SFT_VERIFIED,
     SFT_REJECTED,
     NOTES_SEED,

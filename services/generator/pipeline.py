@@ -8,6 +8,9 @@ Per pair, two tasks run concurrently:
 * INCORRECT: the MEDEC incorrect note as is, its error sentence id and type; with ``add_reasoning``
   a structured explanation checked by the verifier (medec_incorrect mode), retried the same way.
 
+Verification is a library call (:func:`services.verifier.checks.verify`): the retry loop needs the
+verdict at once, and the 50/50 balance needs both verdicts of a pair before either is kept.
+
 A pair is written only when both sides pass (otherwise both go to ``rejected.jsonl`` with reasons),
 so ``sft_correct.jsonl`` and ``sft_incorrect.jsonl`` always have the same pairs and
 ``sft_combined_safe.jsonl`` is exactly 50/50. Outputs are append-only and fsynced per pair; with the
@@ -30,10 +33,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from medec.prepare import PairRecord, load_pairs_jsonl, normalize_error_type
 from services.common import metrics
 from services.common.fileio import write_atomic
 from services.common.formats import InjectorEdit, ParseFailure, apply_edit, sft_messages
-from services.common.medec import PairRecord, load_pairs_jsonl, normalize_error_type
 from services.generator.client import (
     ChatRequest,
     ChatResult,
@@ -49,7 +52,6 @@ from services.generator.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("sft_correct.jsonl", "sft_incorrect.jsonl", "sft_combined_safe.jsonl", "rejected.jsonl", "report.json")
 PROGRESS_FILE = "progress.jsonl"
 LEDGER_FILE = "ledger.sqlite"
 RUN_FILE = "run.json"
@@ -320,12 +322,14 @@ class SftGenerator:
     """One run over the input pairs; :meth:`run` returns the report (also written to report.json)."""
 
     def __init__(self, config: GeneratorConfig, pairs: list[PairRecord] | None = None,
-                 on_example: Callable[[dict], None] | None = None, stop: threading.Event | None = None):
+                 on_example: Callable[[dict], None] | None = None, stop: threading.Event | None = None,
+                 on_rejected: Callable[[dict], None] | None = None):
         self.config = config
         self.out_dir = Path(config.output_dir)
         self.prompts = load_prompts(config.prompt_file)
         self.pairs = pairs
-        self.on_example = on_example
+        self.on_example = on_example  # each kept record, once written
+        self.on_rejected = on_rejected  # each rejected.jsonl row, once written
         self.stop = stop or threading.Event()
         self.state = RunState()
         self.model_name = OFFLINE_MODEL if config.use_offline() else config.model
@@ -526,6 +530,9 @@ class SftGenerator:
         files[PROGRESS_FILE].write([{"pair_id": pair.pair_id, "status": "rejected", "ts": time.time()}])
         with self._lock:
             self.state.pairs_rejected += 1
+        if self.on_rejected is not None:
+            for row in rejected:
+                self.on_rejected(row)
         return "rejected"
 
     def _count_checks(self, verification: dict) -> None:
@@ -568,7 +575,9 @@ class SftGenerator:
         answers: list[Answer] = []
         attempts: list[dict] = []
         feedback: str | None = None
+        verification: dict | None = None
         for attempt in range(self.config.max_tries):
+            verification = None
             answer = await backend.paraphrase(pair, attempt, feedback)
             answers.append(answer)
             if answer.failure:
@@ -582,7 +591,6 @@ class SftGenerator:
             modified = apply_edit(source, InjectorEdit(sid, new_sentence, None))
             if isinstance(modified, ParseFailure):
                 failed = [f"sentence_id: {modified.reason}"]
-                verification = None
             else:
                 verification = self._verify("paraphrase", source, modified)
                 failed = [f"{c['name']}: {c['detail']}" for c in verification["checks"] if not c["passed"]]
@@ -606,7 +614,8 @@ class SftGenerator:
         rejection = self._base_record(pair, "CORRECT")
         last = attempts[-1] if attempts else {}
         reason = "; ".join(last.get("failed_checks") or [last.get("failure", "no answer")])
-        rejection.update({"reason": f"failed after {len(answers)} tries: {reason}", "attempts": attempts})
+        rejection.update({"reason": f"failed after {len(answers)} tries: {reason}", "attempts": attempts,
+                          "verifier": verification})
         return TaskOutcome(None, self._finish(rejection, answers, backend.model_written))
 
     async def _incorrect(self, pair: PairRecord, backend) -> TaskOutcome:
@@ -616,9 +625,11 @@ class SftGenerator:
         answers: list[Answer] = []
         attempts: list[dict] = []
         reasoning: dict | None = None
+        verification: dict | None = None
         feedback: str | None = None
         tries = self.config.max_tries if self.config.add_reasoning else 1
         for attempt in range(tries):
+            verification = None
             if self.config.add_reasoning:
                 answer = await backend.reasoning(pair, attempt, feedback)
                 answers.append(answer)
@@ -658,7 +669,8 @@ class SftGenerator:
         rejection = self._base_record(pair, "INCORRECT")
         last = attempts[-1] if attempts else {}
         reason = "; ".join(last.get("failed_checks") or [last.get("failure", "no answer")])
-        rejection.update({"reason": f"failed after {max(1, len(answers))} tries: {reason}", "attempts": attempts})
+        rejection.update({"reason": f"failed after {max(1, len(answers))} tries: {reason}", "attempts": attempts,
+                          "verifier": verification})
         return TaskOutcome(None, self._finish(rejection, answers, backend.model_written if answers else False))
 
     # --- reporting ----------------------------------------------------------------------------------
@@ -777,8 +789,9 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 
 
 def generate_sft(config: GeneratorConfig | dict, pairs: list[PairRecord] | None = None,
-                 on_example: Callable[[dict], None] | None = None, stop: threading.Event | None = None) -> dict:
+                 on_example: Callable[[dict], None] | None = None, stop: threading.Event | None = None,
+                 on_rejected: Callable[[dict], None] | None = None) -> dict:
     """Run the generator and return its report (``report.json``); a dict config is read as GeneratorConfig."""
     if isinstance(config, dict):
         config = GeneratorConfig(**config)
-    return SftGenerator(config, pairs, on_example, stop).run()
+    return SftGenerator(config, pairs, on_example, stop, on_rejected).run()

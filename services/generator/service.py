@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from medec.prepare import PairRecord, normalize_error_type
 from medserl.v1 import generator_pb2, generator_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import metrics, topics
 from services.common.bus import Bus
 from services.common.formats import ERROR_TYPES
-from services.common.medec import PairRecord, normalize_error_type
+from services.common.notes import MAX_NOTE_CHARS
 from services.common.runtime import GrpcBinding, Service
 from services.common.settings import ServiceSettings
 from services.common.worker import Output, StreamWorker, per_message
@@ -39,7 +40,6 @@ from services.generator.pipeline import GeneratorConfig, GeneratorError, SftGene
 log = logging.getLogger(__name__)
 SERVICE_NAME = "medserl.v1.Generator"
 MAX_PAIRS_PER_JOB = 10_000
-MAX_NOTE_CHARS = 200_000
 
 
 @dataclass

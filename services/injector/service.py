@@ -40,7 +40,12 @@ import grpc
 from medserl.v1 import injector_pb2, injector_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import formats, metrics
-from services.common.inference import (
+from services.common.notes import InvalidNote, make_note, note_sentences
+from services.common.reward import gate_reward
+from services.common.runtime import GrpcBinding, Service
+from services.common.topics import DEAD_LETTER, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_GENERATED
+from services.common.worker import InvalidInput, Output, StreamWorker
+from services.inference import (
     Completion,
     GenerationParams,
     InferenceBackend,
@@ -48,11 +53,6 @@ from services.common.inference import (
     PolicyUpdateError,
     build_backend,
 )
-from services.common.inference.notes import InvalidNote, make_note, note_sentences
-from services.common.reward import gate_reward
-from services.common.runtime import GrpcBinding, Service
-from services.common.topics import DEAD_LETTER, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_GENERATED
-from services.common.worker import InvalidInput, Output, StreamWorker
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from medserl.v1 import messages_pb2 as pb
 from services.common.formats import ERROR_TYPES  # the one list of MEDEC error types
+from services.common.notes import MAX_NOTE_CHARS, MAX_SENTENCES
 from services.verifier.entities import ENTITY_KINDS, entity_diff
 
 MODES = ("paraphrase", "medec_incorrect", "inject")
@@ -101,8 +102,6 @@ class VerifyInputError(ValueError):
     """The request itself is unusable (unknown mode, empty note, bad ids): not a failed check."""
 
 
-MAX_NOTE_CHARS = 200_000  # far above any clinical note (MEDEC's longest is ~5k characters)
-MAX_SENTENCES = 2_000
 
 
 def validate_sentences(sentences: Sequence[tuple[int, str]], what: str) -> None:

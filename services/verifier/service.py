@@ -28,13 +28,13 @@ from medserl.v1 import messages_pb2 as pb
 from medserl.v1 import verifier_pb2
 from services.common import metrics, topics
 from services.common.bus import Bus
+from services.common.notes import InvalidNote
+from services.common.notes import note_sentences as common_note_sentences
 from services.common.reward import UNPARSEABLE, gate_reward
 from services.common.runtime import GrpcBinding, Service
-from services.common.segment import number_sentences
 from services.common.settings import ServiceSettings
 from services.common.worker import InvalidInput, Output, StreamWorker, per_message
 from services.verifier.checks import (
-    MAX_NOTE_CHARS,
     PROTO_TO_MODE,
     VerificationResult,
     VerifyInputError,
@@ -51,24 +51,14 @@ class VerifierSettings(ServiceSettings):
     metrics_port: int = 9102
     # prepared pairs.jsonl: lets medec_incorrect examples be checked byte-for-byte against MEDEC
     pairs_path: str = ""
-    # appended to every topic this service reads or writes (isolated test runs, tenants)
 
 
 def note_sentences(note: pb.Note, what: str) -> list[tuple[int, str]]:
-    """A note's numbered sentences: its own (MEDEC ids) when present, else the segmenter's."""
-    if note.sentences:
-        total = sum(len(s.text) for s in note.sentences)
-        if total > MAX_NOTE_CHARS:
-            raise VerifyInputError(f"{what} note has {total} characters (limit {MAX_NOTE_CHARS})")
-        return [(s.id, s.text) for s in note.sentences]
-    if len(note.text) > MAX_NOTE_CHARS:
-        raise VerifyInputError(f"{what} note has {len(note.text)} characters (limit {MAX_NOTE_CHARS})")
-    if not note.text.strip():
-        raise VerifyInputError(f"{what} note is empty")
-    sentences = number_sentences(note.text)
-    if not sentences:
-        raise VerifyInputError(f"{what} note has no sentences")
-    return sentences
+    """A note's numbered sentences under the one rule (``services.common.notes``), as a verifier input error."""
+    try:
+        return common_note_sentences(note)
+    except InvalidNote as exc:
+        raise VerifyInputError(f"{what} {exc}") from None
 
 
 def _reasoning(text: str) -> dict | None:
@@ -96,7 +86,7 @@ class PairIndex:
     def __init__(self, path: str = ""):
         self.by_pair: dict[str, list[tuple[int, str]]] = {}
         if path:
-            from services.common.medec import load_pairs_jsonl
+            from medec.prepare import load_pairs_jsonl
 
             for record in load_pairs_jsonl(path):
                 self.by_pair[record.pair_id] = record.incorrect_sentences

@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _inputs(args: argparse.Namespace) -> list[Path]:
-    from medserl.cli import CliError
-    from services.common.medec import default_medec_dir, demo_csv_path, find_medec_files
+    from medec.prepare import default_medec_dir, demo_csv_path, find_medec_files
+    from medserl_cli.cli import CliError
 
     inputs: list[Path] = [Path(f) for f in args.input]
     if args.demo:
@@ -75,8 +75,8 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
 def prepare_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from medserl.cli import CliError
-    from services.common.medec import SPLITS, MedecFormatError, prepare, write_prepared
+    from medec.prepare import SPLITS, MedecFormatError, prepare, write_prepared
+    from medserl_cli.cli import CliError
 
     try:
         ratios = tuple(float(x) for x in args.ratios.split(","))

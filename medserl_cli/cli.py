@@ -10,14 +10,14 @@ import sys
 # Heavy libraries (torch, transformers) are imported inside the commands, never at module level,
 # so ``medserl --help`` stays fast.
 COMMAND_MODULES = (
-    "medserl.commands.run",
-    "medserl.commands.serve",
-    "medserl.commands.data",
-    "medserl.commands.verify",
-    "medserl.commands.generate",
-    "medserl.commands.model",
-    "medserl.commands.train",
-    "medserl.commands.eval",
+    "medserl_cli.commands.run",
+    "medserl_cli.commands.serve",
+    "medserl_cli.commands.data",
+    "medserl_cli.commands.verify",
+    "medserl_cli.commands.generate",
+    "medserl_cli.commands.model",
+    "medserl_cli.commands.train",
+    "medserl_cli.commands.eval",
 )
 
 

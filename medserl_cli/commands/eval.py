@@ -46,7 +46,7 @@ def _fmt(value) -> str:
 
 def format_table(columns: dict[str, dict]) -> str:
     """Metric rows, one column per scored run."""
-    from services.assessor.mediqa_eval import METRIC_LABELS
+    from medec.mediqa_eval import METRIC_LABELS
 
     names = list(columns)
     width = max(len(label) for _, label in METRIC_LABELS) + 2
@@ -63,8 +63,8 @@ def format_table(columns: dict[str, dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medserl.cli import CliError
-    from services.assessor import mediqa_eval as me
+    from medec import mediqa_eval as me
+    from medserl_cli.cli import CliError
 
     try:
         reference = me.load_reference(args.reference)
@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_assessor(args: argparse.Namespace, reference) -> int:
-    from medserl.cli import CliError
-    from services.assessor import mediqa_eval as me
+    from medec import mediqa_eval as me
+    from medserl_cli.cli import CliError
     from services.assessor.evaluate import assess_reference
     from services.common.settings import SettingsError, parse_set_flags
 

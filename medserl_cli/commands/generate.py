@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medserl.cli import CliError
+    from medserl_cli.cli import CliError
     from services.generator.pipeline import GeneratorConfig, GeneratorError, generate_sft
     from services.generator.prompts import PromptError
 

@@ -174,7 +174,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from medserl.cli import CliError
+    from medserl_cli.cli import CliError
     from trainer.sft import SFTError, run_sft
 
     config = config_from_args(args)
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def estimate(config) -> int:
-    from medserl.cli import CliError
+    from medserl_cli.cli import CliError
     from trainer.memory import attach_lora, memory_table, meta_model, resolve_config
 
     try:

@@ -54,7 +54,7 @@ def stage(name: str, seconds: dict[str, float]):
 
 def resolve_inputs(medec_dir: str | None) -> tuple[list[Path], str]:
     """Data files to prepare and a label for the report."""
-    from services.common.medec import default_medec_dir, demo_csv_path, find_medec_files
+    from medec.prepare import default_medec_dir, demo_csv_path, find_medec_files
 
     root = Path(medec_dir) if medec_dir else default_medec_dir()
     if root is not None:
@@ -63,11 +63,11 @@ def resolve_inputs(medec_dir: str | None) -> tuple[list[Path], str]:
         csvs, jsonls = find_medec_files(root)
         if csvs or jsonls:
             return [*csvs, *jsonls], f"MEDEC ({root})"
-    return [demo_csv_path()], "demo set (services/common/demo_data; set MEDSERL_MEDEC_DIR for MEDEC)"
+    return [demo_csv_path()], "demo set (medec/demo_data; set MEDSERL_MEDEC_DIR for MEDEC)"
 
 
 def stage_data(config: PipelineConfig, out: Path) -> dict:
-    from services.common.medec import prepare, write_prepared
+    from medec.prepare import prepare, write_prepared
 
     inputs, label = resolve_inputs(config.medec_dir)
     result = prepare(inputs, seed=config.seed)
@@ -81,7 +81,7 @@ def stage_data(config: PipelineConfig, out: Path) -> dict:
 
 def short_pairs(path: str, max_chars: int) -> list:
     """Pairs whose notes fit ``max_chars`` (falls back to all pairs when none is that short)."""
-    from services.common.medec import load_pairs_jsonl
+    from medec.prepare import load_pairs_jsonl
 
     pairs = load_pairs_jsonl(path)
     short = [p for p in pairs if max(len(p.correct_note), len(p.incorrect_note)) <= max_chars]
@@ -204,7 +204,7 @@ def stage_rl(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict:
 
 
 def stage_eval(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict | None:
-    from services.assessor import mediqa_eval as me
+    from medec import mediqa_eval as me
     from services.assessor.evaluate import assess_reference
 
     if not data.get("eval_csv"):
@@ -225,7 +225,7 @@ def stage_eval(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict
 
 
 def run_pipeline(config: PipelineConfig) -> dict:
-    from medserl.report import write_report
+    from medserl_cli.report import write_report
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,7 @@ def verify_line(row: dict):
 def batch_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from medserl.cli import CliError
+    from medserl_cli.cli import CliError
     from services.verifier.checks import VerifyInputError
 
     source = Path(args.input)
@@ -139,7 +139,7 @@ def _record_checks(record: dict, stored: bool) -> tuple[str, list[dict]] | None:
 def report_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from medserl.cli import CliError
+    from medserl_cli.cli import CliError
     from services.verifier.checks import VerifyInputError
 
     per_check: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])

@@ -166,7 +166,7 @@ def _int(value: str, file: Path, row: int, column: str) -> int:
 def source_for(note_id: str, fallback: str = "medec") -> str:
     """``ms-val-3`` -> ``medec-ms-val``; ids of another shape fall back to the file's source."""
     if note_id.startswith("demo-"):
-        return "demo"  # our own demo notes (services/common/demo_data), not MEDEC
+        return "demo"  # our own demo notes (medec/demo_data), not MEDEC
     match = re.match(r"^([a-z]+-[a-z]+)-\d+$", note_id)
     return f"medec-{match.group(1)}" if match else fallback
 

@@ -4,7 +4,7 @@ Sources, in order: an existing ``KAFKA_BOOTSTRAP_SERVERS``; Maven Central jars r
 Java 17 (``org.apache.kafka:kafka_2.13`` and its runtime dependencies, cached under
 ``~/.cache/medserl/kafka-<version>``); docker ``apache/kafka`` where a docker engine answers.
 
-    python -m services.common.kafka_local start   # prints the bootstrap address, runs until Ctrl-C
+    python -m medserl_cli.kafka_local start   # prints the bootstrap address, runs until Ctrl-C
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medserl.pipeline import PipelineConfig
+from medserl_cli.pipeline import PipelineConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medserl.cli import CliError
-    from medserl.pipeline import run_pipeline
+    from medserl_cli.cli import CliError
+    from medserl_cli.pipeline import run_pipeline
     from services.common.logs import setup_logging
 
     setup_logging("pipeline", "WARNING", json_logs=False)

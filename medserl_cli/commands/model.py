@@ -35,7 +35,7 @@ def _missing_action(parser: argparse.ArgumentParser) -> int:
 
 
 def run_tiny(args: argparse.Namespace) -> int:
-    from medserl.cli import CliError
+    from medserl_cli.cli import CliError
     from trainer.tiny_model import build_tiny_model, medec_texts, model_size
 
     medec_dir = args.medec_dir or os.environ.get("MEDSERL_MEDEC_DIR")
@@ -54,7 +54,7 @@ def run_tiny(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from medserl.cli import CliError
+    from medserl_cli.cli import CliError
     from trainer.tiny_model import model_size
 
     try:

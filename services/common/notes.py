@@ -1,12 +1,12 @@
-"""Turning a ``medserl.v1.Note`` into the numbered sentences a model sees, with clear rejections.
+"""Turning a ``medserl.v1.Note`` into its numbered sentences, with clear rejections: the one rule.
 
-Both the injector and the assessor use this, over Kafka and over gRPC: a bad note gets one reason
-(a dead letter or INVALID_ARGUMENT), never a crash or a silent skip.
+The injector, the assessor, the verifier and the generator use this, over Kafka and over gRPC: a bad
+note gets one reason (a dead letter or INVALID_ARGUMENT), never a crash or a silent skip.
 """
 
 from __future__ import annotations
 
-MAX_NOTE_CHARS = 40_000
+MAX_NOTE_CHARS = 40_000  # far above any clinical note (MEDEC's longest is ~5k characters)
 MAX_SENTENCES = 300
 
 
@@ -22,22 +22,24 @@ def note_sentences(note, max_chars: int = MAX_NOTE_CHARS, max_sentences: int = M
         sentences = [(int(s.id), s.text) for s in note.sentences]
         ids = [sid for sid, _ in sentences]
         if any(sid < 0 for sid in ids):
-            raise InvalidNote("sentence ids must be >= 0")
+            raise InvalidNote("note has a negative sentence id")
         if len(set(ids)) != len(ids):
-            raise InvalidNote("sentence ids must be unique")
+            raise InvalidNote("note has duplicate sentence ids")
         if not any(text.strip() for _, text in sentences):
-            raise InvalidNote("every sentence is empty")
+            raise InvalidNote("note is empty (every sentence is blank)")
     else:
         if not note.text.strip():
-            raise InvalidNote("note has no text and no sentences")
+            raise InvalidNote("note is empty (no text and no sentences)")
+        if len(note.text) > max_chars:  # before segmenting: never spend CPU on a note we refuse
+            raise InvalidNote(f"note is too long: {len(note.text)} characters (limit {max_chars})")
         from services.common.segment import number_sentences
 
         sentences = [(int(sid), text) for sid, text in number_sentences(note.text)]
         if not sentences:
-            raise InvalidNote("note text has no sentence")
+            raise InvalidNote("note has no sentences")
     total = sum(len(text) for _, text in sentences)
     if total > max_chars:
-        raise InvalidNote(f"note too long: {total} characters (limit {max_chars})")
+        raise InvalidNote(f"note is too long: {total} characters (limit {max_chars})")
     if len(sentences) > max_sentences:
         raise InvalidNote(f"note has {len(sentences)} sentences (limit {max_sentences})")
     return sentences

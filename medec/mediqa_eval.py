@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.medec import parse_medec_sentences  # one parser of MEDEC's Sentences column
+from medec.prepare import parse_medec_sentences  # one parser of MEDEC's Sentences column
 
 NA = "NA"
 # pandas' default NA markers: the official script reads the CSV with pandas, so these become "NA"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from services.common.registry import SERVICES
+from medserl_cli.registry import SERVICES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medserl.cli import CliError
+    from medserl_cli.cli import CliError
+    from medserl_cli.registry import load_service_class
     from services.common.logs import setup_logging
-    from services.common.registry import load_service_class
     from services.common.runtime import ServiceRuntime, make_bus
     from services.common.settings import SettingsError, load_settings, parse_set_flags
 

@@ -1,5 +1,0 @@
-import sys
-
-from medserl.cli import main
-
-sys.exit(main())
