@@ -53,17 +53,27 @@ def stage(name: str, seconds: dict[str, float]):
 
 
 def resolve_inputs(medec_dir: str | None) -> tuple[list[Path], str]:
-    """Data files to prepare and a label for the report."""
-    from medec.prepare import default_medec_dir, demo_csv_path, find_medec_files
+    """Data files to prepare and a label for the report. The demo set only when no data folder was
+    named at all: a folder that is named (flag or $MEDSERL_MEDEC_DIR) but missing or empty is an
+    error that says so, never a silent switch to 12 demo pairs (``data prepare`` refuses it too)."""
+    import os
 
-    root = Path(medec_dir) if medec_dir else default_medec_dir()
-    if root is not None:
-        if not root.is_dir():
-            raise FileNotFoundError(f"--medec-dir {root} is not a directory")
-        csvs, jsonls = find_medec_files(root)
-        if csvs or jsonls:
-            return [*csvs, *jsonls], f"MEDEC ({root})"
-    return [demo_csv_path()], "demo set (medec/demo_data; set MEDSERL_MEDEC_DIR for MEDEC)"
+    from medec.prepare import demo_csv_path, find_medec_files
+
+    env = os.environ.get("MEDSERL_MEDEC_DIR", "")
+    source = "--medec-dir" if medec_dir else "MEDSERL_MEDEC_DIR"
+    named = medec_dir or env
+    if not named:
+        return [demo_csv_path()], "demo set (medec/demo_data; --medec-dir or MEDSERL_MEDEC_DIR for MEDEC)"
+    root = Path(named).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{source} {root} is not a folder: point it at the folder with the MEDEC CSVs "
+                                f"(e.g. ../shared/medec), or {'omit it' if medec_dir else 'unset it'} to use the demo set")
+    csvs, jsonls = find_medec_files(root)
+    if not csvs and not jsonls:
+        raise FileNotFoundError(f"{source} {root} has no MEDEC CSV or pair JSONL files: point it at the folder "
+                                f"with MEDEC-MS-*.csv, or {'omit it' if medec_dir else 'unset it'} to use the demo set")
+    return [*csvs, *jsonls], f"MEDEC ({root})"
 
 
 def stage_data(config: PipelineConfig, out: Path) -> dict:

@@ -1,4 +1,5 @@
-"""The generator service: gRPC jobs (submit, status, stream) and Kafka (sft.candidates -> verifier -> back)."""
+"""The generator service: gRPC jobs (submit, status, stream); verification is a library call, kept examples
+go to sft.verified and dropped ones to sft.rejected (in-memory bus and a real broker)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import grpc
 import pytest
 
 from medec.prepare import PairRecord, load_pairs_jsonl
-from medserl.v1 import generator_pb2, generator_pb2_grpc
+from medserl.v1 import generator_pb2, generator_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common.bus import MemoryBus
 from services.common.runtime import ServiceRuntime
 from services.common.settings import load_settings
-from services.common.topics import SFT_CANDIDATES
+from services.common.topics import ALL_TOPICS, SFT_REJECTED, SFT_VERIFIED
 from services.generator.service import GeneratorService, GeneratorSettings
+from services.verifier.service import VerifierService, VerifierSettings
 
 
 def note_pair(p: PairRecord) -> pb.NotePair:
@@ -52,16 +54,53 @@ def wait_done(stub, job_id: str, timeout_s: float = 60) -> generator_pb2.JobStat
     raise AssertionError(f"job {job_id} did not finish")
 
 
-def test_grpc_job_streams_a_balanced_verified_set_and_publishes_candidates(tmp_path, monkeypatch, medec_pairs):
+def broken_pair(p: PairRecord) -> pb.NotePair:
+    """A pair whose incorrect note differs in a second sentence: its INCORRECT side fails verification."""
+    pair = note_pair(p)
+    other = next(s for s in pair.incorrect.sentences if s.id != p.error_sentence_id)
+    other.text += " Noted twice."
+    pair.incorrect.text = " ".join(s.text for s in pair.incorrect.sentences)
+    return pair
+
+
+def drain(bus, topic: str, group: str, want: int, timeout_s: float = 60.0) -> list[pb.SftExample]:
+    consumer = bus.consumer([topic], group)
+    got: list[pb.SftExample] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < want and time.monotonic() < deadline:
+            for record in consumer.poll(0.5, 100):
+                example = pb.SftExample()
+                example.ParseFromString(record.value)
+                got.append(example)
+    finally:
+        consumer.close()
+    return got
+
+
+def verify_request(e: pb.SftExample) -> verifier_pb2.VerifyRequest:
+    return verifier_pb2.VerifyRequest(id=e.example_id, mode=e.mode, original=e.original, modified=e.modified,
+                                      error_sentence_id=e.changed_sentence_id, reasoning_json=e.reasoning_json,
+                                      claimed_error_type=e.error_type)
+
+
+def test_grpc_job_streams_the_kept_examples_and_publishes_kept_and_rejected(tmp_path, monkeypatch, medec_pairs):
+    """The one SFT verification path: a library call in the generator; kept -> sft.verified, dropped ->
+    sft.rejected, nothing else on the bus; the verifier service's gRPC Verify agrees with every report."""
     bus = MemoryBus()
     runtime, channel, stub = start(bus, tmp_path, monkeypatch)
+    verifier = ServiceRuntime(VerifierService(VerifierSettings(grpc_port=0, grpc_host="127.0.0.1", metrics_port=-1),
+                                              bus)).start()
+    verifier_channel = grpc.insecure_channel(f"127.0.0.1:{verifier.grpc_port}")
     try:
-        ref = stub.SubmitPairs(generator_pb2.SubmitPairsRequest(pairs=[note_pair(p) for p in medec_pairs[:5]],
-                                                                add_reasoning=True, seed=3))
+        bad = medec_pairs[5]
+        pairs = [note_pair(p) for p in medec_pairs[:4]] + [broken_pair(bad)]
+        ref = stub.SubmitPairs(generator_pb2.SubmitPairsRequest(pairs=pairs, add_reasoning=True, seed=3))
         examples = list(stub.StreamExamples(ref, timeout=60))
         status = wait_done(stub, ref.job_id)
-        assert status.state == "done" and status.pairs_total == 5 and status.examples_accepted == 10
-        assert sorted(e.kind for e in examples) == ["CORRECT"] * 5 + ["INCORRECT"] * 5
+        assert status.state == "input_exhausted" and status.pairs_total == 5
+        assert (status.examples_accepted, status.examples_rejected) == (8, 2)
+        assert sorted(e.kind for e in examples) == ["CORRECT"] * 4 + ["INCORRECT"] * 4
         by_pair = {p.pair_id: p for p in medec_pairs}
         for e in examples:
             assert e.verification.passed and e.prompt_hash and not e.model_written
@@ -73,17 +112,33 @@ def test_grpc_job_streams_a_balanced_verified_set_and_publishes_candidates(tmp_p
                 assert e.mode == pb.MODE_PARAPHRASE
                 changed = [a.id for a, b in zip(e.original.sentences, e.modified.sentences, strict=True) if a.text != b.text]
                 assert changed == [e.changed_sentence_id]
-        # every accepted example went out on sft.candidates for the verifier service
-        consumer = bus.consumer([SFT_CANDIDATES], "test-candidates")
-        published = []
-        for record in consumer.poll(1.0, 100):
-            example = pb.SftExample()
-            example.ParseFromString(record.value)
-            published.append(example.example_id)
-        assert sorted(published) == sorted(e.example_id for e in examples)
+
+        # exactly the kept examples on sft.verified, the two of the broken pair on sft.rejected, nothing else
+        assert (sum(bus.end_offsets(SFT_VERIFIED)), sum(bus.end_offsets(SFT_REJECTED))) == (8, 2)
+        assert all(sum(bus.end_offsets(t)) == 0 for t in ALL_TOPICS if t not in (SFT_VERIFIED, SFT_REJECTED))
+        kept, rejected = drain(bus, SFT_VERIFIED, "t-kept", 8), drain(bus, SFT_REJECTED, "t-rejected", 2)
+        assert sorted(e.example_id for e in kept) == sorted(e.example_id for e in examples)
+        assert all(e.verification.passed and e.verification.subject_id == e.example_id for e in kept)
+        assert sorted(e.example_id for e in rejected) == [f"{bad.pair_id}:correct", f"{bad.pair_id}:incorrect"]
+        failed = {e.kind: {c.name for c in e.verification.checks if not c.passed} for e in rejected}
+        assert not any(e.verification.passed for e in rejected)
+        assert failed["CORRECT"] == {"pair_complete"}  # it passed; dropped with its pair for the 50/50 balance
+        assert failed["INCORRECT"] and "pair_complete" not in failed["INCORRECT"]
+
+        # the verifier service (gRPC) runs the same checks: it agrees with every published report
+        verifier_stub = verifier_pb2_grpc.VerifierStub(verifier_channel)
+        broken = broken_pair(bad)
+        requests = [verify_request(e) for e in kept] + [verifier_pb2.VerifyRequest(
+            id="broken", mode=pb.MODE_MEDEC_INCORRECT, original=broken.correct, modified=broken.incorrect,
+            error_sentence_id=bad.error_sentence_id, claimed_error_type=bad.error_type)]
+        reports = list(verifier_stub.VerifyMany(iter(requests), timeout=60))
+        assert [r.passed for r in reports] == [True] * len(kept) + [False]
+        assert {c.name for c in reports[-1].checks if not c.passed} == failed["INCORRECT"]
     finally:
         channel.close()
+        verifier_channel.close()
         runtime.shutdown()
+        verifier.shutdown()
 
 
 def test_bad_requests_are_invalid_argument_and_the_service_keeps_serving(tmp_path, monkeypatch, medec_pairs):
@@ -120,32 +175,25 @@ def test_bad_requests_are_invalid_argument_and_the_service_keeps_serving(tmp_pat
 
 
 @pytest.mark.kafka
-def test_kafka_candidates_are_verified_by_the_verifier_service_and_collected(tmp_path, monkeypatch, medec_pairs,
-                                                                             kafka_bootstrap, unique):
+def test_kafka_job_publishes_kept_and_rejected_examples(tmp_path, monkeypatch, medec_pairs, kafka_bootstrap, unique):
     from services.common.kafka_bus import KafkaBus
-    from services.verifier.service import VerifierService, VerifierSettings
 
     suffix = f".{unique}"
-    gen_bus, ver_bus = KafkaBus(kafka_bootstrap), KafkaBus(kafka_bootstrap)
-    verifier = ServiceRuntime(VerifierService(load_settings(VerifierSettings, overrides={
-        "grpc_port": 0, "metrics_port": -1, "grpc_host": "127.0.0.1", "topic_suffix": suffix, "poll_timeout_s": 0.1,
-        "group_id": f"verifier-{unique}"}, env={}), ver_bus)).start()
-    runtime, channel, stub = start(gen_bus, tmp_path, monkeypatch, topic_suffix=suffix, group_id=f"generator-{unique}")
+    bus = KafkaBus(kafka_bootstrap)
+    runtime, channel, stub = start(bus, tmp_path, monkeypatch, topic_suffix=suffix)
     try:
-        ref = stub.SubmitPairs(generator_pb2.SubmitPairsRequest(pairs=[note_pair(p) for p in medec_pairs[:3]],
-                                                                add_reasoning=True))
-        assert wait_done(stub, ref.job_id).examples_accepted == 6
-        deadline = time.monotonic() + 90
-        status = None
-        while time.monotonic() < deadline:
-            status = stub.GetJobStatus(ref)
-            if "verifier: 6 verified, 0 rejected" in status.message:
-                break
-            time.sleep(0.2)
-        assert status is not None and "verifier: 6 verified, 0 rejected" in status.message, status.message
+        pairs = [note_pair(p) for p in medec_pairs[:2]] + [broken_pair(medec_pairs[5])]
+        ref = stub.SubmitPairs(generator_pb2.SubmitPairsRequest(pairs=pairs, add_reasoning=True))
+        status = wait_done(stub, ref.job_id)
+        assert (status.examples_accepted, status.examples_rejected) == (4, 2)
+        kept = drain(bus, SFT_VERIFIED + suffix, f"kept-{unique}", 4)
+        rejected = drain(bus, SFT_REJECTED + suffix, f"rejected-{unique}", 2)
+        assert len(kept) == 4 and all(e.verification.passed for e in kept)
+        assert {e.pair_id for e in kept} == {p.pair_id for p in medec_pairs[:2]}
+        assert len(rejected) == 2 and not any(e.verification.passed for e in rejected)
+        assert {e.pair_id for e in rejected} == {medec_pairs[5].pair_id}
     finally:
         channel.close()
         runtime.shutdown()
-        verifier.shutdown()
-        gen_bus.close()
-        ver_bus.close()
+        bus.close()
+

@@ -45,7 +45,7 @@ def tiny_config(model_dir, data, save_path, **overrides) -> SFTRunConfig:
 
 def test_recipe_defaults_match_the_strategy():
     config = SFTRunConfig()
-    assert (config.model_name, config.num_epochs, config.batch_size, config.learning_rate) == (
+    assert (config.model, config.num_epochs, config.batch_size, config.learning_rate) == (
         "Qwen/Qwen3-4B",
         3,
         4,
@@ -54,7 +54,7 @@ def test_recipe_defaults_match_the_strategy():
     assert config.train_data == "data/sft_production/sft_combined_safe.jsonl"
     assert config.save_path == "outputs/qwen3_4b_sft"
     args = build_parser().parse_args(["train", "--phase", "sft"])
-    assert (args.model_name, args.num_epochs, args.batch_size, args.learning_rate) == (
+    assert (args.model, args.num_epochs, args.batch_size, args.learning_rate) == (
         "Qwen/Qwen3-4B",
         3,
         4,
@@ -235,7 +235,7 @@ def test_cli_trains_and_reports_bad_input(tiny_model_dir, sft_jsonl, tmp_path, c
         )
         == 2
     )
-    assert "cannot load model" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
 
 
 def test_records_are_validated_and_split_by_pair(sft_records, tmp_path):

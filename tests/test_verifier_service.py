@@ -1,6 +1,7 @@
-"""The verifier service end to end: a real gRPC server on a free port, and a Kafka round trip with the
-service's own workers against a real broker. Bad input is INVALID_ARGUMENT / a dead letter with a
-reason, and the service keeps serving afterwards."""
+"""The verifier service end to end: a real gRPC server on a free port (any example, SFT or rollout), and a
+Kafka round trip of rollouts with the service's own worker against a real broker (SFT examples never reach
+the verifier over Kafka: the generator verifies them with a library call). Bad input is INVALID_ARGUMENT /
+a dead letter with a reason, and the service keeps serving afterwards."""
 
 from __future__ import annotations
 
@@ -187,24 +188,6 @@ def _rollouts(val):
     return good, no_fact, paraphrase, unparseable, empty, huge, blank
 
 
-def _sft_examples(val):
-    pair = pair_from_note(val["ms-val-0"])
-    incorrect = pb.SftExample(example_id="sft-inc", pair_id=pair.pair_id, kind="INCORRECT", mode=pb.MODE_MEDEC_INCORRECT,
-                              original=note(pair.correct_sentences), modified=note(pair.incorrect_sentences),
-                              changed_sentence_id=pair.error_sentence_id, error_type=pair.error_type)
-    original = val["ms-val-11"].sentences
-    correct = pb.SftExample(example_id="sft-ok", pair_id="ms-val-10", kind="CORRECT", mode=pb.MODE_PARAPHRASE,
-                            original=note(original), changed_sentence_id=3,
-                            modified=note(edit(original, 3, "His current medications are glucosamine, amlodipine, and meloxicam.")))
-    unsafe = pb.SftExample(example_id="sft-bad", pair_id="ms-val-10", kind="CORRECT", mode=pb.MODE_PARAPHRASE,
-                           original=note(original), changed_sentence_id=3,
-                           modified=note(edit(original, 3, "Current medications include glucosamine and meloxicam.")))
-    out_of_range = pb.SftExample(example_id="sft-range", pair_id=pair.pair_id, kind="INCORRECT",
-                                 mode=pb.MODE_MEDEC_INCORRECT, original=note(pair.correct_sentences),
-                                 modified=note(pair.incorrect_sentences), changed_sentence_id=500)
-    return incorrect, correct, unsafe, out_of_range
-
-
 @pytest.mark.kafka
 def test_kafka_round_trip(kafka_bootstrap, unique, val):
     from services.common.kafka_bus import KafkaBus
@@ -220,19 +203,13 @@ def test_kafka_round_trip(kafka_bootstrap, unique, val):
         good, no_fact, paraphrase, unparseable, empty, huge, blank = _rollouts(val)
         for rollout in (good, no_fact, paraphrase, unparseable, empty, huge, blank):
             producer.publish(service.topic(topics.ROLLOUTS_GENERATED), rollout.SerializeToString(), key=rollout.rollout_id)
-        incorrect, correct, unsafe, out_of_range = _sft_examples(val)
-        for example in (incorrect, correct, unsafe, out_of_range):
-            producer.publish(service.topic(topics.SFT_CANDIDATES), example.SerializeToString(), key=example.example_id)
-        # the bytes path: a payload protobuf rejects (invalid UTF-8 in a string field)
-        raw = pb.SftExample(example_id="sft-utf8", kind="CORRECT", original=pb.Note(text="QQQQ")).SerializeToString()
-        producer.publish(service.topic(topics.SFT_CANDIDATES), raw.replace(b"QQQQ", b"\xff\xfe\xc3\x28"), key="sft-utf8")
+        # the bytes path: a payload protobuf rejects (field 1, a string, holding invalid UTF-8)
+        producer.publish(service.topic(topics.ROLLOUTS_GENERATED), b"\x0a\x04\xff\xfe\xc3\x28", key="r-utf8")
         producer.flush()
 
         verified = _drain(bus, service.topic(topics.ROLLOUTS_VERIFIED), f"t1-{unique}", 2, pb.Rollout)
         scored = _drain(bus, service.topic(topics.ROLLOUTS_SCORED), f"t2-{unique}", 2, pb.ScoredRollout)
-        sft_ok = _drain(bus, service.topic(topics.SFT_VERIFIED), f"t3-{unique}", 2, pb.SftExample)
-        sft_rejected = _drain(bus, service.topic(topics.SFT_REJECTED), f"t4-{unique}", 1, pb.SftExample)
-        letters = _drain(bus, service.topic(topics.DEAD_LETTER), f"t5-{unique}", 5, pb.DeadLetter)
+        letters = _drain(bus, service.topic(topics.DEAD_LETTER), f"t5-{unique}", 4, pb.DeadLetter)
 
         assert sorted(r.rollout_id for r in verified) == ["r-good", "r-para"]
         assert all(r.verification.passed and r.verification.subject_id == r.rollout_id for r in verified)
@@ -247,18 +224,12 @@ def test_kafka_round_trip(kafka_bootstrap, unique, val):
         assert not rejected.verification.passed
         assert "clinical_entity_changed" in {c.name for c in rejected.verification.checks if not c.passed}
 
-        assert sorted(e.example_id for e in sft_ok) == ["sft-inc", "sft-ok"]
-        assert all(e.verification.passed for e in sft_ok)
-        assert [e.example_id for e in sft_rejected] == ["sft-bad"]
-        assert "drug_preserved" in {c.name for c in sft_rejected[0].verification.checks if not c.passed}
-
         reasons = {letter.key.decode(): letter.reason for letter in letters}
-        assert set(reasons) == {"r-empty", "r-huge", "r-blank", "sft-range", "sft-utf8"}
+        assert set(reasons) == {"r-empty", "r-huge", "r-blank", "r-utf8"}
         assert "empty" in reasons["r-empty"]
         assert "600000 characters (limit" in reasons["r-huge"] and "Pain." not in reasons["r-huge"]
         assert "modified note is empty" in reasons["r-blank"]
-        assert "not in the note" in reasons["sft-range"]
-        assert "undecodable" in reasons["sft-utf8"]
+        assert "undecodable" in reasons["r-utf8"]
         assert all(letter.service == "verifier" for letter in letters)
         assert not runtime.failed
 
@@ -284,7 +255,7 @@ def test_memory_bus_workers_gate_rollouts_like_kafka(val):
     producer = bus.producer()
     for rollout in _rollouts(val):
         producer.publish(topics.ROLLOUTS_GENERATED, rollout.SerializeToString(), key=rollout.rollout_id)
-    worker = service.workers()[1]
+    (worker,) = service.workers()
     while worker.run_once():
         pass
     verified = _drain(bus, topics.ROLLOUTS_VERIFIED, "m1", 2, pb.Rollout, timeout_s=2)

@@ -1,22 +1,31 @@
-"""The trainer service: the REINFORCE++ learner on the rollouts.scored stream.
+"""The trainer service: the REINFORCE++ learner on the ``rollouts.scored`` stream of rollout groups.
 
-Loop: poll scored rollouts -> skip ones already learned from (by rollout id) -> buffer until
-``rollouts_per_update`` -> one REINFORCE++ step -> save the new policy version (weights, optimizer,
-consumed ids) atomically -> publish PolicyUpdate -> commit the consumed offsets.
+Loop: poll scored groups (and the dead-letter topic) -> dispose of each group exactly once, by id:
+``duplicate`` (seen before), ``stale`` (sampled more than ``max_staleness`` versions ago),
+``invalid`` / ``quarantined`` (to the dead-letter topic with the reason), ``lost`` (a group another
+service dead-lettered) or ``buffered`` -> old and reference log-probs computed on arrival, while the
+batch fills -> at ``rollouts_per_update`` rollouts, one REINFORCE++ step on whole groups -> save the
+new version (weights, optimizer, state) atomically -> publish a PolicyUpdate with the accounting the
+injector's admission budget is computed from -> commit the consumed offsets.
 
 A kill at any point loses nothing and counts nothing twice: offsets are committed only after the
-version that used them is saved, and the saved state lists the rollout ids it learned from, so a
-redelivered rollout is skipped.
+version that used them is saved, and the saved state lists the group ids it disposed of, so a
+redelivered group is dropped as a duplicate. On start the learner announces its newest version (a
+version saved just before a kill is still announced). When no input arrived for ``starve_after_s``
+it says how many rollouts it still wants (``rollouts_wanted``), so losses the counts cannot see
+never stall the loop. Non-finite log-probs, losses or gradient norms skip the step, quarantine the
+groups on the dead-letter topic and never publish a policy.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import grpc
@@ -27,67 +36,118 @@ from medserl.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common import metrics
 from services.common.bus import Bus, BusError, Consumer, Record
 from services.common.fileio import write_atomic
+from services.common.reward import EXCLUDED, FOOLED, INVALID, UNPARSEABLE
 from services.common.runtime import GrpcBinding, Service
 from services.common.settings import ServiceSettings
-from services.common.topics import DEAD_LETTER, POLICY_UPDATES, ROLLOUTS_SCORED
+from services.common.topics import (
+    DEAD_LETTER,
+    POLICY_UPDATES,
+    ROLLOUTS_GENERATED,
+    ROLLOUTS_SCORED,
+    ROLLOUTS_VERIFIED,
+)
 from services.common.worker import dead_letter
-from trainer.reinforce import Learner, ReinforcePPConfig, StepStats
+from trainer.reinforce import Learner, NonFiniteError, PreparedGroup, ReinforcePPConfig, StepStats
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "learner_state.json"
-MAX_REMEMBERED_IDS = 200_000
+HISTORY_FILE = "history.jsonl"
+MAX_REMEMBERED_GROUPS = 50_000
+HISTORY_IN_MEMORY = 1_000
 
 
 @dataclass
-class TrainerSettings(ServiceSettings):
+class TrainerSettings(ServiceSettings, ReinforcePPConfig):
+    """The runtime's settings plus every REINFORCE++ hyperparameter (one definition: ReinforcePPConfig)."""
+
     grpc_port: int = 50056
     metrics_port: int = 9106
-    model_name: str = "outputs/qwen3_4b_sft"  # the SFT policy (HF id or local path); also the KL reference
+    shutdown_grace_s: float = 900.0  # a learner step on a 4B model can take minutes: let it finish
+    model: str = "outputs/qwen3_4b_sft"  # the SFT policy (HF id or local path); also the KL reference
     checkpoint_dir: str = "outputs/rl"
     lora: bool = True  # LoRA adapters are small and vLLM hot-loads them; full weights otherwise
     lora_r: int = 16
     lora_alpha: int = 32
     device: str = "auto"  # auto | cpu | cuda
-    learning_rate: float = ReinforcePPConfig.learning_rate
-    kl_coef: float = ReinforcePPConfig.kl_coef
-    clip_eps: float = ReinforcePPConfig.clip_eps
-    baseline: str = ReinforcePPConfig.baseline
-    rollouts_per_update: int = ReinforcePPConfig.rollouts_per_update
-    micro_batch_size: int = ReinforcePPConfig.micro_batch_size
     max_updates: int = 0  # stop learning after this many versions (0: no limit)
-    seed: int = 0
+    keep_versions: int = 3  # checkpoints kept: the newest K plus any version still sampling rollouts
+    starve_after_s: float = 30.0  # no input for this long with a part-filled batch: ask for rollouts
+    accounting_interval_s: float = 2.0  # publish disposals (stale, lost, ...) at most this often
+
+    def reinforce_config(self) -> ReinforcePPConfig:
+        return ReinforcePPConfig(**{f.name: getattr(self, f.name) for f in fields(ReinforcePPConfig)})
+
+
+def rollout_stats(groups: list[pb.RolloutGroup]) -> dict:
+    """What a batch of scored groups says about the game: the report and the dashboard read these."""
+    rollouts = [r for g in groups for r in g.rollouts]
+    n = max(1, len(rollouts))
+    by_outcome = _count(r.reward.outcome for r in rollouts)
+    judged = [r for r in rollouts if r.reward.outcome not in (INVALID, UNPARSEABLE, EXCLUDED)]
+    stats: dict = {"by_outcome": by_outcome, "by_mode": _count(pb.Mode.Name(r.mode) for r in rollouts),
+                   "parseable_rate": 1 - by_outcome.get(UNPARSEABLE, 0) / n,
+                   "valid_rate": len(judged) / n,
+                   "fool_rate": sum(r.reward.outcome == FOOLED for r in judged) / max(1, len(judged)),
+                   "reward_format": sum(r.reward.format for r in rollouts) / n,
+                   "reward_verifier": sum(r.reward.verifier for r in rollouts) / n,
+                   "reward_game": sum(r.reward.game for r in rollouts) / n,
+                   "reward_total": sum(r.reward.total for r in rollouts) / n}
+    for mode, name in ((pb.MODE_INJECT, "inject"), (pb.MODE_PARAPHRASE, "paraphrase")):
+        valid = [r for r in judged if r.mode == mode]
+        stats[f"fool_rate_{name}"] = (sum(r.reward.outcome == FOOLED for r in valid) / len(valid)) if valid else None
+        stats[f"valid_{name}"] = len(valid)
+    inject = [r for r in judged if r.mode == pb.MODE_INJECT]
+    para = [r for r in judged if r.mode == pb.MODE_PARAPHRASE]
+    stats["detection_rate"] = (sum(r.reward.outcome != FOOLED for r in inject) / len(inject)) if inject else None
+    stats["false_flag_rate"] = (sum(r.verdict.error_flag for r in para) / len(para)) if para else None
+    return stats
 
 
 class LearnerLoop:
-    """Consumes rollouts.scored and publishes policy.updates. Runs on its own thread."""
+    """Consumes rollouts.scored (+ dead letters) and publishes policy.updates. Runs on its own thread."""
 
     def __init__(self, settings: TrainerSettings, bus: Bus, learner_factory=None):
         self.settings = settings
+        self.config = settings.reinforce_config().validate()
         self.bus = bus
         self.dir = Path(settings.checkpoint_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.version = 0
-        self.consumed: deque[str] = deque(maxlen=MAX_REMEMBERED_IDS)
-        self._consumed_set: set[str] = set()
-        self.history: list[dict] = []
+        self.groups_consumed = 0
+        self.rollouts_consumed = 0
+        self.fates: dict[str, int] = {}
+        self._remembered: deque[str] = deque(maxlen=MAX_REMEMBERED_GROUPS)
+        self._remembered_set: set[str] = set()
+        self.history: deque[dict] = deque(maxlen=HISTORY_IN_MEMORY)
         self._load_state()
         self.learner: Learner = (learner_factory or build_learner)(settings, self.latest_checkpoint())
+        self.learner.step_count = self.version
         self.producer = bus.producer()
         self.group_id = settings.group_id or "medserl-trainer"
-        self._buffer: list[pb.Rollout] = []
+        self._buffer: list[PreparedGroup] = []
         self._polled: list[Record] = []
-        self.duplicates = 0
         self.last_stats: StepStats | None = None
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._last_input = time.monotonic()
+        self._last_starve_request = 0.0
+        self._last_accounting = 0.0
+        self._accounting_dirty = False
+        self._idle_s = 0.0
+        self._busy_s = 0.0
+        self._window_started = time.monotonic()
 
     def topic(self, name: str) -> str:
         return f"{name}{self.settings.topic_suffix}"
 
     @property
     def processed(self) -> int:
-        return len(self.consumed)
+        return self.rollouts_consumed
+
+    @property
+    def buffered_rollouts(self) -> int:
+        return sum(p.size for p in self._buffer)
 
     # --- durable state ------------------------------------------------------------------------
     def _load_state(self) -> None:
@@ -96,16 +156,25 @@ class LearnerLoop:
             return
         state = json.loads(path.read_text())
         self.version = int(state["version"])
-        self.history = state.get("history", [])
-        for rid in state.get("consumed_ids", []):
-            self._remember(rid)
-        log.info("learner resumed", extra={"version": self.version, "remembered_ids": len(self.consumed)})
+        self.groups_consumed = int(state.get("groups_consumed", 0))
+        self.rollouts_consumed = int(state.get("rollouts_consumed", 0))
+        self.fates = dict(state.get("fates", {}))
+        self.history.extend(state.get("history", []))
+        for gid in state.get("consumed_group_ids", []):
+            self._remember(gid)
+        log.info("learner resumed", extra={"version": self.version, "remembered_groups": len(self._remembered)})
 
-    def _remember(self, rollout_id: str) -> None:
-        if len(self.consumed) == self.consumed.maxlen:
-            self._consumed_set.discard(self.consumed[0])
-        self.consumed.append(rollout_id)
-        self._consumed_set.add(rollout_id)
+    def _save_state(self) -> None:
+        write_atomic(self.dir / STATE_FILE, json.dumps({
+            "version": self.version, "groups_consumed": self.groups_consumed,
+            "rollouts_consumed": self.rollouts_consumed, "fates": self.fates,
+            "history": list(self.history)[-50:], "consumed_group_ids": list(self._remembered)}))
+
+    def _remember(self, group_id: str) -> None:
+        if len(self._remembered) == self._remembered.maxlen:
+            self._remembered_set.discard(self._remembered[0])
+        self._remembered.append(group_id)
+        self._remembered_set.add(group_id)
 
     def latest_checkpoint(self) -> Path | None:
         return self.dir / f"policy-v{self.version}" if self.version > 0 else None
@@ -120,8 +189,10 @@ class LearnerLoop:
             self._thread.join(timeout)
 
     def run(self, stop: threading.Event) -> None:
-        consumer = self.bus.consumer([self.topic(ROLLOUTS_SCORED)], self.group_id, client_id="trainer")
+        topics = [self.topic(ROLLOUTS_SCORED), self.topic(DEAD_LETTER)]
+        consumer = self.bus.consumer(topics, self.group_id, client_id="trainer")
         try:
+            self.announce()
             while not stop.is_set():
                 if self.settings.max_updates and self.version >= self.settings.max_updates:
                     stop.wait(0.5)
@@ -132,101 +203,229 @@ class LearnerLoop:
             log.exception("learner stopped on an unexpected error")
             raise
         finally:
-            # a partial buffer is handed back: its offsets were never committed
+            # a part-filled batch is handed back: its offsets were never committed
             consumer.close()
             self.producer.flush()
 
     def poll_once(self, consumer: Consumer) -> StepStats | None:
+        waited = time.monotonic()
         records = consumer.poll(self.settings.poll_timeout_s, self.settings.max_batch)
+        self._idle_s += time.monotonic() - waited
+        busy = time.monotonic()
         for record in records:
             self._polled.append(record)
             metrics.MESSAGES_CONSUMED.labels("trainer", record.topic).inc()
-            try:
-                scored = pb.ScoredRollout.FromString(record.value)
-            except DecodeError as exc:
-                self._reject(record, f"undecodable medserl.v1.ScoredRollout: {exc}", "DecodeError")
-                continue
-            rollout = scored.rollout
-            if not rollout.rollout_id or not rollout.completion_token_ids:
-                self._reject(record, "scored rollout without an id or completion tokens", "InvalidInput")
-                continue
-            if len(rollout.behaviour_logprobs) != len(rollout.completion_token_ids):
-                self._reject(
-                    record, "behaviour_logprobs and completion_token_ids differ in length", "InvalidInput"
-                )
-                continue
-            if rollout.rollout_id in self._consumed_set or any(
-                r.rollout_id == rollout.rollout_id for r in self._buffer
-            ):
-                self.duplicates += 1
-                metrics.DUPLICATES_SKIPPED.labels("trainer", record.topic).inc()
-                continue
-            self._buffer.append(rollout)
-        if len(self._buffer) < self.settings.rollouts_per_update:
-            return None
-        return self._update(consumer)
+            if record.topic == self.topic(DEAD_LETTER):
+                self._dead_letter_seen(record)
+            else:
+                self._last_input = time.monotonic()
+                self._group_arrived(record)
+        self._busy_s += time.monotonic() - busy
+        if self.buffered_rollouts >= self.config.rollouts_per_update:
+            return self._update(consumer)
+        self._maybe_publish_accounting()
+        return None
+
+    def _dispose(self, group_id: str, rollouts: int, fate: str) -> None:
+        self.groups_consumed += 1
+        self.rollouts_consumed += rollouts
+        self.fates[fate] = self.fates.get(fate, 0) + 1
+        metrics.RL_GROUPS.labels(fate).inc()
+        if group_id:
+            self._remember(group_id)
+        if fate != "trained":
+            self._accounting_dirty = True
+
+    def _group_arrived(self, record: Record) -> None:
+        try:
+            group = pb.RolloutGroup.FromString(record.value)
+        except DecodeError as exc:
+            self._reject(record, f"undecodable medserl.v1.RolloutGroup: {exc}", "DecodeError")
+            return
+        problem = _invalid_group(group)
+        if problem:
+            self._reject(record, problem, "InvalidInput")
+            self._dispose(group.group_id, len(group.rollouts), "invalid")
+            return
+        if group.group_id in self._remembered_set or any(p.group.group_id == group.group_id for p in self._buffer):
+            metrics.DUPLICATES_SKIPPED.labels("trainer", record.topic).inc()
+            self.fates["duplicate"] = self.fates.get("duplicate", 0) + 1
+            self.groups_consumed += 1  # its copy occupies an offset of rollouts.generated too
+            self.rollouts_consumed += len(group.rollouts)
+            self._accounting_dirty = True
+            return
+        staleness = self.version - group.policy_version
+        metrics.RL_STALENESS.observe(max(0, staleness))
+        if staleness > self.config.max_staleness:
+            self._dispose(group.group_id, len(group.rollouts), "stale")
+            return
+        try:
+            self._buffer.append(self.learner.prepare(group))
+        except NonFiniteError as exc:
+            self._quarantine([group], exc.reason)
+
+    def _dead_letter_seen(self, record: Record) -> None:
+        """A group another service dead-lettered on its way here counts as disposed of (``lost``)."""
+        try:
+            letter = pb.DeadLetter.FromString(record.value)
+        except DecodeError:
+            return
+        pipeline = {self.topic(t) for t in (ROLLOUTS_GENERATED, ROLLOUTS_VERIFIED, ROLLOUTS_SCORED)}
+        if letter.service == "trainer" or letter.source_topic not in pipeline:
+            return
+        try:
+            group = pb.RolloutGroup.FromString(letter.payload)
+            key, rollouts = group.group_id, len(group.rollouts)
+        except DecodeError:
+            group, key, rollouts = None, "", 0
+        if not key:
+            if letter.source_topic != self.topic(ROLLOUTS_GENERATED):
+                return  # not one of ours: it never took a slot of the injector's window
+            key = f"{letter.source_topic}:{letter.source_partition}:{letter.source_offset}"
+        if key in self._remembered_set or any(p.group.group_id == key for p in self._buffer):
+            return
+        self._dispose(key, rollouts, "lost")
 
     def _reject(self, record: Record, reason: str, error_class: str) -> None:
         letter = dead_letter(record, "trainer", reason, error_class)
         self.producer.publish(self.topic(DEAD_LETTER), letter.SerializeToString(), key=record.key)
         metrics.DEAD_LETTERS.labels("trainer", record.topic, error_class).inc()
 
-    def _update(self, consumer: Consumer) -> StepStats:
-        batch, self._buffer = self._buffer, []
-        stats = self.learner.step(batch)
-        self.version += 1
-        for rollout in batch:
-            self._remember(rollout.rollout_id)
-        out_dir, digest = self.learner.save(self.dir / f"policy-v{self.version}")
-        entry = {
-            **asdict(stats),
-            "version": self.version,
-            "time": time.time(),
-            "by_outcome": _count(r.reward.outcome for r in batch),
-            "by_mode": _count(pb.Mode.Name(r.mode) for r in batch),
-        }
-        self.history.append(entry)
-        write_atomic(
-            self.dir / STATE_FILE,
-            json.dumps(
-                {"version": self.version, "history": self.history, "consumed_ids": list(self.consumed)}
-            ),
-        )
-        update = pb.PolicyUpdate(
-            version=self.version,
-            checkpoint_uri=str(out_dir.resolve()),
-            kind="lora" if self.settings.lora else "full",
-            base_model=self.settings.model_name,
-            checkpoint_sha256=digest,
-            learner_step=stats.step,
-            created_unix_ms=int(time.time() * 1000),
-        )
+    def _quarantine(self, groups: list[pb.RolloutGroup], reason: str) -> None:
+        for group in groups:
+            letter = pb.DeadLetter(source_topic=self.topic(ROLLOUTS_SCORED), key=group.group_id.encode(),
+                                   payload=group.SerializeToString(), reason=f"quarantined: {reason}"[:2000],
+                                   error_class="NonFinite", service="trainer",
+                                   failed_unix_ms=int(time.time() * 1000), attempts=1)
+            self.producer.publish(self.topic(DEAD_LETTER), letter.SerializeToString(), key=group.group_id)
+            metrics.DEAD_LETTERS.labels("trainer", self.topic(ROLLOUTS_SCORED), "NonFinite").inc()
+            self._dispose(group.group_id, len(group.rollouts), "quarantined")
+        log.warning("groups quarantined", extra={"groups": len(groups), "reason": reason[:200]})
+
+    # --- accounting ---------------------------------------------------------------------------
+    def _policy_update(self, **fields_) -> pb.PolicyUpdate:
+        return pb.PolicyUpdate(version=self.version, kind="lora" if self.settings.lora else "full",
+                               base_model=self.settings.model, learner_step=self.learner.step_count,
+                               created_unix_ms=int(time.time() * 1000), groups_consumed=self.groups_consumed,
+                               rollouts_consumed=self.rollouts_consumed, **fields_)
+
+    def _publish(self, update: pb.PolicyUpdate) -> None:
         self.producer.publish(self.topic(POLICY_UPDATES), update.SerializeToString(), key="policy")
         metrics.MESSAGES_PRODUCED.labels("trainer", self.topic(POLICY_UPDATES)).inc()
         self.producer.flush()
+        self._last_accounting = time.monotonic()
+        self._accounting_dirty = False
+
+    def announce(self) -> None:
+        """The newest saved version and the accounting, so a restarted learner is seen at once."""
+        checkpoint = self.latest_checkpoint()
+        extra = {}
+        if checkpoint is not None and checkpoint.exists():
+            from services.inference import checkpoint_sha256
+
+            extra = {"checkpoint_uri": str(checkpoint.resolve()), "checkpoint_sha256": checkpoint_sha256(checkpoint)}
+        self._publish(self._policy_update(**extra))
+
+    def _maybe_publish_accounting(self) -> None:
+        now = time.monotonic()
+        starving = (now - self._last_input > self.settings.starve_after_s
+                    and now - self._last_starve_request > self.settings.starve_after_s)
+        if starving:
+            self._last_starve_request = now
+            wanted = self.config.rollouts_per_update - self.buffered_rollouts
+            log.info("learner waiting for input; asking for rollouts", extra={"wanted": wanted})
+            self._publish(self._policy_update(rollouts_wanted=wanted))
+        elif self._accounting_dirty and now - self._last_accounting > self.settings.accounting_interval_s:
+            self._publish(self._policy_update())
+
+    # --- the update ---------------------------------------------------------------------------
+    def _update(self, consumer: Consumer) -> StepStats | None:
+        started = time.monotonic()
+        batch, self._buffer = self._buffer, []
+        groups = [p.group for p in batch]
+        try:
+            stats = self.learner.step(batch)
+        except NonFiniteError as exc:
+            bad = set(exc.group_ids)
+            self._quarantine([g for g in groups if g.group_id in bad], exc.reason)
+            self._buffer = [p for p in batch if p.group.group_id not in bad]
+            return None
+        self.version += 1
+        for group in groups:
+            self._dispose(group.group_id, len(group.rollouts), "trained")
+        out_dir, digest = self.learner.save(self.dir / f"policy-v{self.version}")
+        staleness = [self.version - 1 - g.policy_version for g in groups]
+        elapsed_window = max(1e-9, time.monotonic() - self._window_started)
+        entry = {
+            **{k: v for k, v in asdict(stats).items() if k != "extra"},
+            **rollout_stats(groups),
+            "version": self.version, "time": time.time(),
+            "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
+            "rollouts_per_s": stats.rollouts / elapsed_window,
+            "tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
+            "idle_fraction": self._idle_s / elapsed_window,
+            "fates": dict(self.fates),
+        }
+        self.history.append(entry)
+        with (self.dir / HISTORY_FILE).open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        self._save_state()
+        self._publish(self._policy_update(checkpoint_uri=str(out_dir.resolve()), checkpoint_sha256=digest,
+                                          step_group_ids=[g.group_id for g in groups]))
         polled, self._polled = self._polled, []
         try:
             consumer.commit(polled)
-        except BusError as exc:  # the ids are saved, so a redelivery is skipped, not double counted
-            log.warning(
-                "commit after update failed; redelivered rollouts will be skipped", extra={"error": str(exc)}
-            )
-        metrics.TRAIN_STEP.labels("rl").set(stats.step)
-        metrics.TRAIN_LOSS.labels("rl").set(stats.loss)
-        metrics.TRAIN_MEAN_REWARD.set(stats.mean_reward)
-        metrics.TRAIN_TOKENS_PER_SECOND.labels("rl").set(stats.tokens / max(stats.seconds, 1e-9))
-        metrics.POLICY_VERSION.labels("trainer").set(self.version)
+        except BusError as exc:  # the ids are saved, so a redelivery is dropped, not double counted
+            log.warning("commit after update failed; redelivered groups will be dropped", extra={"error": str(exc)})
+        self._retain(min(g.policy_version for g in groups))
+        self._observe(entry)
         self.last_stats = stats
-        log.info(
-            "policy updated",
-            extra={
-                "version": self.version,
-                "mean_reward": round(stats.mean_reward, 4),
-                "kl": round(stats.mean_kl, 5),
-                "rollouts": stats.rollouts,
-            },
-        )
+        self._idle_s, self._busy_s, self._window_started = 0.0, 0.0, time.monotonic()
+        log.info("policy updated", extra={"version": self.version, "mean_reward": round(stats.mean_reward, 4),
+                                          "kl": round(stats.mean_kl, 5), "rollouts": stats.rollouts,
+                                          "seconds": round(time.monotonic() - started, 2)})
         return stats
+
+    def _retain(self, oldest_in_use: int) -> None:
+        """Keep the newest ``keep_versions`` checkpoints plus any version still sampling rollouts."""
+        keep_from = min(self.version - self.settings.keep_versions + 1, oldest_in_use)
+        for path in self.dir.glob("policy-v*"):
+            try:
+                version = int(path.name.removeprefix("policy-v"))
+            except ValueError:
+                continue
+            if version < keep_from:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _observe(self, entry: dict) -> None:
+        metrics.TRAIN_STEP.labels("rl").set(entry["step"])
+        metrics.TRAIN_LOSS.labels("rl").set(entry["loss"])
+        metrics.TRAIN_LEARNING_RATE.labels("rl").set(entry["learning_rate"])
+        metrics.TRAIN_MEAN_REWARD.set(entry["mean_reward"])
+        metrics.TRAIN_TOKENS_PER_SECOND.labels("rl").set(entry["tokens_per_s"])
+        metrics.POLICY_VERSION.labels("trainer").set(self.version)
+        for name in ("reward_total", "reward_format", "reward_verifier", "reward_game", "fool_rate",
+                     "fool_rate_inject", "fool_rate_paraphrase", "detection_rate", "false_flag_rate",
+                     "parseable_rate", "valid_rate", "mean_kl", "kl_loss", "entropy", "clip_fraction",
+                     "is_ratio_mean", "is_ratio_max", "is_corrected_fraction", "grad_norm", "staleness_mean",
+                     "staleness_max", "rollouts_per_s", "tokens_per_s", "idle_fraction"):
+            value = entry.get(name)
+            if value is not None:
+                metrics.RL_STEP.labels(name).set(value)
+
+
+def _invalid_group(group: pb.RolloutGroup) -> str:
+    """Why a scored group cannot be trained on ('' when it can)."""
+    if not group.group_id or not group.rollouts:
+        return "scored group without a group_id or without rollouts"
+    for r in group.rollouts:
+        if not r.rollout_id or not r.completion_token_ids:
+            return f"group {group.group_id!r}: a rollout without an id or completion tokens"
+        if len(r.behaviour_logprobs) != len(r.completion_token_ids):
+            return f"rollout {r.rollout_id!r}: behaviour_logprobs and completion_token_ids differ in length"
+        if not r.HasField("reward") or not r.reward.outcome:
+            return f"rollout {r.rollout_id!r} has no reward (only the assessor scores rollouts)"
+    return ""
 
 
 def _count(values) -> dict[str, int]:
@@ -264,20 +463,12 @@ def build_learner(settings: TrainerSettings, resume_from: Path | None) -> Learne
     else:
         device = settings.device
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(settings.model_name)
-    config = ReinforcePPConfig(
-        learning_rate=settings.learning_rate,
-        kl_coef=settings.kl_coef,
-        clip_eps=settings.clip_eps,
-        baseline=settings.baseline,
-        rollouts_per_update=settings.rollouts_per_update,
-        micro_batch_size=settings.micro_batch_size,
-        seed=settings.seed,
-    )
+    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    config = settings.reinforce_config()
     if settings.lora:
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        base = AutoModelForCausalLM.from_pretrained(settings.model_name, dtype=dtype).to(device)
+        base = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).to(device)
         if resume_from is not None:
             policy = PeftModel.from_pretrained(base, str(resume_from), is_trainable=True)
         else:
@@ -301,10 +492,10 @@ def build_learner(settings: TrainerSettings, resume_from: Path | None) -> Learne
         reference = _AdapterDisabled(policy)
     else:
         policy = AutoModelForCausalLM.from_pretrained(
-            str(resume_from or settings.model_name), dtype=dtype
+            str(resume_from or settings.model), dtype=dtype
         ).to(device)
-        reference = AutoModelForCausalLM.from_pretrained(settings.model_name, dtype=dtype).to(device)
-    learner = Learner(policy, reference, tokenizer, config)
+        reference = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).to(device)
+    learner = Learner(policy, reference, tokenizer, config, total_steps=settings.max_updates)
     if resume_from is not None and (resume_from / "optimizer.pt").exists():
         learner.optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", map_location=device))
     return learner
@@ -325,7 +516,7 @@ class _TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             policy_version=loop.version,
             last_loss=stats.loss if stats else 0.0,
             mean_reward=stats.mean_reward if stats else 0.0,
-            rollouts_consumed=len(loop.consumed),
+            rollouts_consumed=loop.rollouts_consumed,
         )
 
     def GetLatestPolicy(self, request, context):
@@ -339,7 +530,7 @@ class _TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             version=loop.version,
             checkpoint_uri=str(path.resolve()),
             kind="lora" if loop.settings.lora else "full",
-            base_model=loop.settings.model_name,
+            base_model=loop.settings.model,
         )
 
 

@@ -49,44 +49,44 @@ class SFTError(ValueError):
 class SFTRunConfig:
     """One SFT run. Defaults are the production recipe (Qwen3-4B, 3 epochs, batch 4, lr 5e-5)."""
 
-    model_name: str = "Qwen/Qwen3-4B"  # hub name or local folder
-    train_data: str = "data/sft_production/sft_combined_safe.jsonl"
-    save_path: str = "outputs/qwen3_4b_sft"
-    num_epochs: float = 3.0
-    batch_size: int = 4  # per device
-    learning_rate: float = 5e-5
-    role: str = "both"  # assessor | injector | both (one model, two prompts)
-    gradient_accumulation_steps: int = 1
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = QWEN3_LORA_TARGETS
-    max_length: int = 2048  # longer chats are dropped (truncating would cut the answer off)
-    eval_fraction: float = 0.05  # of pairs; 0 disables evaluation
-    eval_steps: int | None = None  # None: at the end of each epoch
-    save_steps: int | None = None  # None: at the end of each epoch
-    save_total_limit: int | None = 2
-    logging_steps: int = 10
-    warmup_steps: float = 0.03  # < 1: a ratio of all steps
-    lr_scheduler_type: str = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    seed: int = 42
+    model: str = "Qwen/Qwen3-4B"  # hub name or local model folder (save_pretrained layout)
+    train_data: str = "data/sft_production/sft_combined_safe.jsonl"  # SFT records, JSONL (the generator's output)
+    save_path: str = "outputs/qwen3_4b_sft"  # output folder: model, checkpoints, metrics.jsonl
+    num_epochs: float = 3.0  # epochs over the training chats
+    batch_size: int = 4  # per-device batch size
+    learning_rate: float = 5e-5  # peak learning rate
+    role: str = "both"  # which role's chats to train: assessor | injector | both (one model, two prompts)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    lora: bool = False  # train LoRA adapters (peft) instead of all weights
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA alpha (scale = alpha / r)
+    lora_dropout: float = 0.05  # LoRA dropout
+    lora_target_modules: tuple[str, ...] = QWEN3_LORA_TARGETS  # module names to adapt, comma-separated
+    max_length: int = 2048  # max chat tokens; longer chats are dropped (truncating would cut the answer off)
+    eval_fraction: float = 0.05  # held-out share of pairs; 0 disables evaluation
+    eval_steps: int | None = None  # evaluate every N steps (none: at the end of each epoch)
+    save_steps: int | None = None  # checkpoint every N steps (none: at the end of each epoch)
+    save_total_limit: int | None = 2  # checkpoints kept (none: all)
+    logging_steps: int = 10  # log the loss every N optimizer steps
+    warmup_steps: float = 0.03  # warmup steps, or a ratio of all steps if < 1
+    lr_scheduler_type: str = "linear"  # transformers scheduler name (linear, cosine, constant, ...)
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping norm
+    gradient_checkpointing: bool = False  # recompute activations: less memory, about 30% slower
+    seed: int = 42  # seed for init, data order and the eval split
     resume: bool = False  # continue from the last checkpoint in save_path
-    metrics_port: int | None = None  # Prometheus /metrics (0: a free port; None: off)
+    metrics_port: int | None = None  # serve Prometheus /metrics on this port (0: a free one; none: off)
     device: str = "auto"  # auto | cpu | cuda
     max_examples: int | None = None  # use only the first N records (smoke runs)
-    stop_after_steps: int | None = None  # checkpoint and stop at this step (time boxes, tests)
+    stop_after_steps: int | None = None  # checkpoint and stop at this step (resume later with resume)
     progress: bool = True  # tqdm progress bar
 
     @classmethod
-    def for_tiny_model(cls, model_name: str, train_data: str, save_path: str, **overrides) -> SFTRunConfig:
+    def for_tiny_model(cls, model: str, train_data: str, save_path: str, **overrides) -> SFTRunConfig:
         """Hyperparameters for the randomly initialised tiny model (``trainer.tiny_model``) on a CPU:
         it needs a far larger learning rate than a pretrained 4B model, and short chats."""
         values = dict(
-            model_name=model_name,
+            model=model,
             train_data=train_data,
             save_path=save_path,
             learning_rate=3e-3,
@@ -333,7 +333,7 @@ def build_trainer(config: SFTRunConfig, extra_callbacks: list | None = None) -> 
     train_records, eval_records = split_records(records, config.eval_fraction, config.seed)
     device, dtype = resolve_device(config.device)
     model, tokenizer = load_model_and_tokenizer(
-        config.model_name, "bfloat16" if dtype == "bfloat16" else "float32"
+        config.model, "bfloat16" if dtype == "bfloat16" else "float32"
     )
 
     train_examples, dropped, longest = drop_too_long(

@@ -68,7 +68,8 @@ class GeneratorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamExamples(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """the kept examples, until the job ends
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -167,21 +167,23 @@ class AssessorVerdict(_message.Message):
     def __init__(self, error_flag: _Optional[bool] = ..., error_sentence_id: _Optional[int] = ..., corrected_sentence: _Optional[str] = ..., flag_probability: _Optional[float] = ..., parsed: _Optional[bool] = ..., parse_error: _Optional[str] = ..., assessor_checkpoint_hash: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class RewardParts(_message.Message):
-    __slots__ = ("total", "game", "verifier", "format", "outcome")
+    __slots__ = ("total", "game", "verifier", "format", "outcome", "excluded")
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     GAME_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     total: float
     game: float
     verifier: float
     format: float
     outcome: str
-    def __init__(self, total: _Optional[float] = ..., game: _Optional[float] = ..., verifier: _Optional[float] = ..., format: _Optional[float] = ..., outcome: _Optional[str] = ...) -> None: ...
+    excluded: bool
+    def __init__(self, total: _Optional[float] = ..., game: _Optional[float] = ..., verifier: _Optional[float] = ..., format: _Optional[float] = ..., outcome: _Optional[str] = ..., excluded: _Optional[bool] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("rollout_id", "seed_note_id", "group_id", "mode", "policy_version", "prompt_token_ids", "completion_token_ids", "behaviour_logprobs", "sampling", "seed_note", "modified_note", "completion_text", "changed_sentence_id", "claimed_error_type", "verification", "verdict", "reward", "created_unix_ms")
+    __slots__ = ("rollout_id", "seed_note_id", "group_id", "mode", "policy_version", "prompt_token_ids", "completion_token_ids", "behaviour_logprobs", "sampling", "modified_note", "completion_text", "changed_sentence_id", "claimed_error_type", "verification", "verdict", "reward", "created_unix_ms", "parse_error")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_NOTE_ID_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -191,7 +193,6 @@ class Rollout(_message.Message):
     COMPLETION_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     BEHAVIOUR_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
-    SEED_NOTE_FIELD_NUMBER: _ClassVar[int]
     MODIFIED_NOTE_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TEXT_FIELD_NUMBER: _ClassVar[int]
     CHANGED_SENTENCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +201,7 @@ class Rollout(_message.Message):
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PARSE_ERROR_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     seed_note_id: str
     group_id: str
@@ -209,7 +211,6 @@ class Rollout(_message.Message):
     completion_token_ids: _containers.RepeatedScalarFieldContainer[int]
     behaviour_logprobs: _containers.RepeatedScalarFieldContainer[float]
     sampling: SamplingParams
-    seed_note: Note
     modified_note: Note
     completion_text: str
     changed_sentence_id: int
@@ -218,16 +219,29 @@ class Rollout(_message.Message):
     verdict: AssessorVerdict
     reward: RewardParts
     created_unix_ms: int
-    def __init__(self, rollout_id: _Optional[str] = ..., seed_note_id: _Optional[str] = ..., group_id: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., policy_version: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., completion_token_ids: _Optional[_Iterable[int]] = ..., behaviour_logprobs: _Optional[_Iterable[float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., seed_note: _Optional[_Union[Note, _Mapping]] = ..., modified_note: _Optional[_Union[Note, _Mapping]] = ..., completion_text: _Optional[str] = ..., changed_sentence_id: _Optional[int] = ..., claimed_error_type: _Optional[str] = ..., verification: _Optional[_Union[VerificationReport, _Mapping]] = ..., verdict: _Optional[_Union[AssessorVerdict, _Mapping]] = ..., reward: _Optional[_Union[RewardParts, _Mapping]] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    parse_error: str
+    def __init__(self, rollout_id: _Optional[str] = ..., seed_note_id: _Optional[str] = ..., group_id: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., policy_version: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., completion_token_ids: _Optional[_Iterable[int]] = ..., behaviour_logprobs: _Optional[_Iterable[float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., modified_note: _Optional[_Union[Note, _Mapping]] = ..., completion_text: _Optional[str] = ..., changed_sentence_id: _Optional[int] = ..., claimed_error_type: _Optional[str] = ..., verification: _Optional[_Union[VerificationReport, _Mapping]] = ..., verdict: _Optional[_Union[AssessorVerdict, _Mapping]] = ..., reward: _Optional[_Union[RewardParts, _Mapping]] = ..., created_unix_ms: _Optional[int] = ..., parse_error: _Optional[str] = ...) -> None: ...
 
-class ScoredRollout(_message.Message):
-    __slots__ = ("rollout",)
-    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
-    rollout: Rollout
-    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+class RolloutGroup(_message.Message):
+    __slots__ = ("group_id", "seed_note_id", "mode", "policy_version", "seed_note", "rollouts", "created_unix_ms")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    SEED_NOTE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEED_NOTE_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    seed_note_id: str
+    mode: Mode
+    policy_version: int
+    seed_note: Note
+    rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
+    created_unix_ms: int
+    def __init__(self, group_id: _Optional[str] = ..., seed_note_id: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., policy_version: _Optional[int] = ..., seed_note: _Optional[_Union[Note, _Mapping]] = ..., rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
 
 class PolicyUpdate(_message.Message):
-    __slots__ = ("version", "checkpoint_uri", "kind", "base_model", "checkpoint_sha256", "learner_step", "created_unix_ms")
+    __slots__ = ("version", "checkpoint_uri", "kind", "base_model", "checkpoint_sha256", "learner_step", "created_unix_ms", "groups_consumed", "rollouts_consumed", "step_group_ids", "rollouts_wanted")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +249,10 @@ class PolicyUpdate(_message.Message):
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
     LEARNER_STEP_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    STEP_GROUP_IDS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_WANTED_FIELD_NUMBER: _ClassVar[int]
     version: int
     checkpoint_uri: str
     kind: str
@@ -242,7 +260,11 @@ class PolicyUpdate(_message.Message):
     checkpoint_sha256: str
     learner_step: int
     created_unix_ms: int
-    def __init__(self, version: _Optional[int] = ..., checkpoint_uri: _Optional[str] = ..., kind: _Optional[str] = ..., base_model: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., learner_step: _Optional[int] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    groups_consumed: int
+    rollouts_consumed: int
+    step_group_ids: _containers.RepeatedScalarFieldContainer[str]
+    rollouts_wanted: int
+    def __init__(self, version: _Optional[int] = ..., checkpoint_uri: _Optional[str] = ..., kind: _Optional[str] = ..., base_model: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., learner_step: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., groups_consumed: _Optional[int] = ..., rollouts_consumed: _Optional[int] = ..., step_group_ids: _Optional[_Iterable[str]] = ..., rollouts_wanted: _Optional[int] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("source_topic", "source_partition", "source_offset", "key", "payload", "reason", "error_class", "service", "failed_unix_ms", "attempts")

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 
 class VerifierStub:
-    """Missing associated documentation comment in .proto file."""
+    """RL rollouts are verified over Kafka (rollouts.generated); SFT examples by the generator itself
+    (a library call); any example over this API.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -48,7 +50,9 @@ class VerifierStub:
 
 
 class VerifierServicer:
-    """Missing associated documentation comment in .proto file."""
+    """RL rollouts are verified over Kafka (rollouts.generated); SFT examples by the generator itself
+    (a library call); any example over this API.
+    """
 
     def Verify(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -57,7 +61,8 @@ class VerifierServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyMany(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """in request order
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -84,7 +89,9 @@ def add_VerifierServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Verifier:
-    """Missing associated documentation comment in .proto file."""
+    """RL rollouts are verified over Kafka (rollouts.generated); SFT examples by the generator itself
+    (a library call); any example over this API.
+    """
 
     @staticmethod
     def Verify(request,

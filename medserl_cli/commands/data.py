@@ -48,19 +48,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _inputs(args: argparse.Namespace) -> list[Path]:
-    from medec.prepare import default_medec_dir, demo_csv_path, find_medec_files
+    import os
+
+    from medec.prepare import demo_csv_path, find_medec_files
     from medserl_cli.cli import CliError
 
     inputs: list[Path] = [Path(f) for f in args.input]
     if args.demo:
         inputs.append(demo_csv_path())
-    medec_dir = Path(args.medec_dir) if args.medec_dir else (None if inputs else default_medec_dir())
-    if medec_dir is not None:
+    env = os.environ.get("MEDSERL_MEDEC_DIR", "")
+    source = "--medec-dir" if args.medec_dir else "MEDSERL_MEDEC_DIR"
+    named = args.medec_dir or (None if inputs else env)
+    if named:
+        medec_dir = Path(named).expanduser()
         if not medec_dir.is_dir():
-            raise CliError(f"--medec-dir {medec_dir} is not a folder")
+            raise CliError(f"{source} {medec_dir} is not a folder: point it at the folder with the MEDEC CSVs "
+                           "(e.g. ../shared/medec), or pass --demo for our demo set")
         csvs, jsonls = find_medec_files(medec_dir)
         if not csvs and not jsonls:
-            raise CliError(f"no MEDEC CSV or JSONL files under {medec_dir}")
+            raise CliError(f"no MEDEC CSV or JSONL files under {medec_dir} ({source}): point it at the folder "
+                           "with MEDEC-MS-*.csv, or pass --demo for our demo set")
         inputs.extend(csvs + jsonls)
     if not inputs:
         raise CliError("no MEDEC data: pass --medec-dir DIR (or set MEDSERL_MEDEC_DIR), --input FILE, or --demo")

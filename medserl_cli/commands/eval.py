@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="with --assessor: only the first N notes (a quick look)")
     p.add_argument("--batch-size", type=int, default=8, help="with --assessor: notes per generate call")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="with --run: score a run that covers only some reference texts, on those texts only "
+                        "(otherwise that is an error: the official scorer would count the rest as wrong)")
     p.set_defaults(func=run)
 
 
@@ -73,14 +76,12 @@ def run(args: argparse.Namespace) -> int:
                 if getattr(args, flag):
                     raise CliError(f"--{flag} only goes with --assessor")
             run_file = me.load_run(args.run)
+            reference = _covered(reference, run_file, args)
             results = me.score(reference, run_file)
             if run_file.invalid_lines:
                 shown = ", ".join(map(str, run_file.invalid_lines[:10]))
                 print(f"warning: {len(run_file.invalid_lines)} invalid run line(s) counted as wrong "
                       f"(line {shown}{'...' if len(run_file.invalid_lines) > 10 else ''})", file=sys.stderr)
-            if results["run_texts_missing"] == results["counters"]["total_texts"]:
-                print("warning: no text id of the run is in the reference; is this the right reference CSV?",
-                      file=sys.stderr)
             if args.json:
                 print(json.dumps(results, indent=2))
             else:
@@ -88,9 +89,34 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if not args.out:
             raise CliError("--assessor needs --out RUN (where to write the run file)")
+        if args.allow_partial:
+            raise CliError("--allow-partial only goes with --run (an assessor run covers what it is given)")
         return _run_assessor(args, reference)
     except me.EvalInputError as exc:
         raise CliError(str(exc)) from exc
+
+
+def _covered(reference: list, run_file, args: argparse.Namespace) -> list:
+    """The reference rows to score. A run that shares no text id with the reference, or (without
+    --allow-partial) misses some of its texts, is an error: its numbers would not mean what was asked."""
+    from medserl_cli.cli import CliError
+
+    ids = {row.text_id for row in reference}
+    covered = ids & set(run_file.flags)
+    if not covered:
+        raise CliError(f"no text id of the run {args.run} is in the reference {args.reference} "
+                       f"({len(run_file.flags)} run ids, e.g. {next(iter(run_file.flags), 'none')!r}): pass the "
+                       "reference CSV the run was made from (a validation run needs the validation CSV)")
+    missing = len(ids) - len(covered)
+    if missing and not args.allow_partial:
+        raise CliError(f"the run covers {len(covered)} of the reference's {len(ids)} texts ({missing} missing, "
+                       "which the official scorer counts as wrong): score it against the reference it was made "
+                       f"from, or pass --allow-partial to score the {len(covered)} covered texts only")
+    if missing:
+        print(f"note: scoring the {len(covered)} of {len(ids)} reference texts that the run covers "
+              "(--allow-partial)", file=sys.stderr)
+        return [row for row in reference if row.text_id in covered]
+    return reference
 
 
 def _run_assessor(args: argparse.Namespace, reference) -> int:

@@ -23,6 +23,8 @@ import json
 import os
 import sys
 
+NO_VALUE = object()  # --openai-api-key given with nothing after it
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate-sft", help="generate SFT data (GPT-4o one-sentence paraphrases + MEDEC errors)",
@@ -32,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-file", help="versioned prompt file (default configs/prompts/gpt4o_medec_safe_augmentation.json)")
     p.add_argument("--num-pairs", type=int, help="accepted pairs wanted (each gives one CORRECT + one INCORRECT); default all")
     p.add_argument("--add-reasoning", action="store_true", help="ask the model why each MEDEC error is wrong")
-    p.add_argument("--openai-api-key", help="API key (default $OPENAI_API_KEY); never logged")
+    # nargs="?": `--openai-api-key $OPENAI_API_KEY` with the variable unset must say so, not "expected one argument"
+    p.add_argument("--openai-api-key", nargs="?", const=NO_VALUE, help="API key (default $OPENAI_API_KEY); never logged")
     p.add_argument("--base-url", help="any OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", default="gpt-4o", help="model name (default gpt-4o)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default 16)")
@@ -57,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     from services.generator.pipeline import GeneratorConfig, GeneratorError, generate_sft
     from services.generator.prompts import PromptError
 
+    if args.openai_api_key is NO_VALUE or args.openai_api_key == "":
+        raise CliError("--openai-api-key was given no value (is $OPENAI_API_KEY set? `export OPENAI_API_KEY=sk-...`); "
+                       "or drop the flag to use $OPENAI_API_KEY, or the offline paraphraser when there is no key")
     api_key = args.openai_api_key or os.environ.get("OPENAI_API_KEY") or None
     config = GeneratorConfig(
         input_jsonl=args.input_jsonl, output_dir=args.output_dir, prompt_file=args.prompt_file,

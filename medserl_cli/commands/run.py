@@ -26,18 +26,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rl-group-size", type=int, default=d.rl_group_size, help="edits sampled per seed note")
     p.add_argument("--eval-notes", type=int, default=d.eval_notes)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show other libraries' progress bars, advice and warnings, and INFO logs")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from medserl_cli.cli import CliError
-    from medserl_cli.pipeline import run_pipeline
-    from services.common.logs import setup_logging
+    from medserl_cli.pipeline import resolve_inputs, run_pipeline
+    from services.common.logs import quiet_third_party, setup_logging
 
-    setup_logging("pipeline", "WARNING", json_logs=False)
+    setup_logging("pipeline", "INFO" if args.verbose else "WARNING", json_logs=False)
     for name in ("sft_pairs", "rl_seed_notes", "rl_updates", "rl_rollouts_per_update", "rl_group_size", "eval_notes", "max_note_chars"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        resolve_inputs(args.medec_dir)  # a wrong data folder fails now, not after a silent fallback
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+    if not args.verbose:
+        quiet_third_party()
     config = PipelineConfig(out=args.out, medec_dir=args.medec_dir, seed=args.seed, sft_pairs=args.sft_pairs,
                             sft_epochs=args.sft_epochs, max_note_chars=args.max_note_chars, rl_seed_notes=args.rl_seed_notes, rl_updates=args.rl_updates,
                             rl_rollouts_per_update=args.rl_rollouts_per_update, rl_group_size=args.rl_group_size,

@@ -1,4 +1,9 @@
-"""``medserl serve <service>``: run one service (gRPC + health + reflection + /metrics + bus workers)."""
+"""``medserl serve <service>``: run one service (gRPC + health + reflection + /metrics + bus workers).
+
+Every setting of the service is a flag (``--grpc-port 0``, ``--topic-suffix .exp42``) and a ``--set
+name=value``; ``medserl serve <service> --help`` lists them all with their defaults and meanings.
+Precedence: dataclass defaults < ``--config`` file < MEDSERL_<NAME> environment < flags.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,29 @@ from medserl_cli.registry import SERVICES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run one service until SIGTERM", description=__doc__)
-    p.add_argument("service", choices=sorted(SERVICES), help="which service to run")
-    p.add_argument("--config", help="YAML/JSON settings file (defaults < file < MEDSERL_* env < flags)")
-    p.add_argument("--bus", choices=["memory", "kafka"], help="message bus (default: memory)")
-    p.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers host:port (also KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--grpc-port", type=int, help="gRPC port (0: a free one)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: a free one, -1: off)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other setting; repeatable")
-    p.add_argument("--log-phi", action="store_true", default=None, help="allow note text in logs (off by default: PHI)")
+    p = sub.add_parser("serve", help="run one service until SIGTERM", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("service", choices=sorted(SERVICES), metavar="<service>",
+                   help=f"which service to run: {', '.join(sorted(SERVICES))}")
+    # parsed by the service's own parser (built from its settings class only once the service is known)
+    p.add_argument("options", nargs=argparse.REMAINDER, metavar="...",
+                   help="--config FILE, --set KEY=VALUE, --<setting> VALUE; see medserl serve <service> --help")
     p.set_defaults(func=run)
+
+
+def service_parser(name: str, settings_cls: type) -> argparse.ArgumentParser:
+    """``medserl serve <name>``'s flags: one per field of the service's settings dataclass."""
+    from medserl_cli.cli import MedserlParser
+    from services.common.settings import add_dataclass_arguments
+
+    parser = MedserlParser(prog=f"medserl serve {name}", description=__doc__,
+                           usage=f"medserl serve {name} [--config FILE] [--set KEY=VALUE] [--<setting> VALUE ...]",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML/JSON settings file (defaults < file < MEDSERL_* env < flags)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting by name; repeatable")
+    group = parser.add_argument_group(f"settings ({settings_cls.__name__}; also MEDSERL_<NAME> and --set name=value)")
+    add_dataclass_arguments(group, settings_cls, defaults=False, choices={"bus": ("memory", "kafka")})
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,16 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from medserl_cli.registry import load_service_class
     from services.common.logs import setup_logging
     from services.common.runtime import ServiceRuntime, make_bus
-    from services.common.settings import SettingsError, load_settings, parse_set_flags
+    from services.common.settings import SettingsError, given_settings, load_settings, parse_set_flags
 
     cls = load_service_class(args.service)
+    options = service_parser(args.service, cls.settings_cls).parse_args(args.options)
     try:
-        overrides = parse_set_flags(args.set)
-        for flag in ("bus", "kafka_bootstrap", "grpc_port", "metrics_port", "log_phi"):
-            value = getattr(args, flag)
-            if value is not None:
-                overrides[flag] = value
-        settings = load_settings(cls.settings_cls, args.config, overrides)
+        overrides = {**parse_set_flags(options.set), **given_settings(options, cls.settings_cls)}
+        settings = load_settings(cls.settings_cls, options.config, overrides)
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
     setup_logging(cls.name, settings.log_level, settings.log_json, settings.log_phi)

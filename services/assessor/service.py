@@ -1,8 +1,11 @@
 """The frozen assessor service: a MEDEC verdict for every verified rollout, and a public detect API.
 
-Stream: ``rollouts.verified`` -> verdict (shared assessor format + P(error)) -> reward
-(``services.common.reward``) -> ``rollouts.scored``. Rollouts that failed a gate (unparseable or
-rejected by the verifier) are scored by the gate reward without being shown to the model.
+Stream: ``rollouts.verified`` (RolloutGroup) -> a verdict for every verified rollout (shared
+assessor format + P(error)) -> the reward of EVERY rollout, gates included, from
+``services.common.reward.score_rollout`` with the configured weights (the only caller) ->
+``rollouts.scored`` (the same group, whole). Rollouts that failed a gate are scored without being
+shown to the model. An answer that does not parse is judged once more; if it still does not parse
+the rollout is excluded (never a win; counted on ``medserl_assessor_unparsed_total``).
 
 gRPC ``medserl.v1.Assessor``: ``Assess(note)`` and streaming ``AssessMany`` for clients that submit
 notes. The model sees the numbered sentences only: never note ids or neighbouring notes.
@@ -26,7 +29,7 @@ from medserl.v1 import assessor_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import metrics
 from services.common.notes import InvalidNote, note_sentences
-from services.common.reward import INVALID, UNPARSEABLE, RewardWeights, game_reward, gate_reward
+from services.common.reward import EXCLUDED, RewardWeights, needs_verdict, score_rollout
 from services.common.runtime import GrpcBinding, Service
 from services.common.topics import DEAD_LETTER, ROLLOUTS_SCORED, ROLLOUTS_VERIFIED
 from services.common.worker import InvalidInput, Output, StreamWorker
@@ -46,10 +49,11 @@ class AssessorSettings(ModelServiceSettings):
     max_new_tokens: int = 160
     seed: int = 0  # < 0: unseeded
     top_logprobs: int = 5  # alternatives at the flag position, for P(error)
-    reward_fooled: float = 1.0
-    reward_caught: float = -1.0
-    verifier_penalty: float = -1.0
-    format_penalty: float = -1.0
+    reward_fooled: float = RewardWeights.fooled
+    reward_caught: float = RewardWeights.caught
+    verifier_penalty: float = RewardWeights.verifier_penalty
+    format_penalty: float = RewardWeights.format_penalty
+    rejudge_unparsed: bool = True  # judge an unparseable answer once more before excluding the rollout
     rate_window: int = 500  # rollouts in the detection / false-flag rate windows
     max_stream_notes: int = 10_000  # AssessMany: notes per call
 
@@ -142,71 +146,84 @@ class AssessorService(Service):
         self.detector.load_policy(*args, **kwargs)
 
     # --- the stream ---------------------------------------------------------------------------
-    def score_batch(self, rollouts: list[pb.Rollout]) -> list:
-        """Scored rollouts (or an InvalidInput) per verified rollout; one generate call per batch."""
-        results: list = [None] * len(rollouts)
-        to_judge: list[tuple[int, list[tuple[int, str]]]] = []
-        for i, rollout in enumerate(rollouts):
-            if not rollout.rollout_id:
-                results[i] = InvalidInput("rollout has no rollout_id")
+    def score_groups(self, groups: list[pb.RolloutGroup]) -> list:
+        """Each group scored whole (or an InvalidInput); one generate call for the whole poll."""
+        results: list = [None] * len(groups)
+        to_judge: list[tuple[pb.Rollout, list[tuple[int, str]]]] = []
+        scored: list[pb.RolloutGroup | None] = [None] * len(groups)
+        for i, group in enumerate(groups):
+            if not group.group_id or not group.rollouts:
+                results[i] = InvalidInput("rollout group without a group_id or without rollouts")
                 continue
+            if group.mode not in (pb.MODE_INJECT, pb.MODE_PARAPHRASE):
+                results[i] = InvalidInput(f"group {group.group_id!r}: mode {pb.Mode.Name(group.mode)} "
+                                          "has no game reward")
+                continue
+            copy = pb.RolloutGroup()
+            copy.CopyFrom(group)
+            pending = []
             try:
-                gate = self._gate(rollout)
+                for rollout in copy.rollouts:
+                    if not rollout.parse_error and not rollout.HasField("verification"):
+                        raise InvalidInput(f"rollout {rollout.rollout_id!r} reached the assessor without a "
+                                           "verification report")
+                    if needs_verdict(rollout):
+                        pending.append((rollout, note_sentences(rollout.modified_note)))
+            except InvalidNote as exc:
+                results[i] = InvalidInput(f"group {group.group_id!r}: modified note: {exc}")
+                continue
             except InvalidInput as exc:
                 results[i] = exc
                 continue
-            if gate is not None:
-                results[i] = self._scored(rollout, gate)
+            to_judge.extend(pending)
+            scored[i] = copy
+        verdicts = self._judge([sentences for _, sentences in to_judge])
+        by_id = {rollout.rollout_id: verdict for (rollout, _), verdict in zip(to_judge, verdicts, strict=True)}
+        for i, group in enumerate(scored):
+            if group is None:
                 continue
-            if rollout.mode not in (pb.MODE_INJECT, pb.MODE_PARAPHRASE):
-                results[i] = InvalidInput(f"rollout mode {pb.Mode.Name(rollout.mode)} has no game reward")
-                continue
-            try:
-                to_judge.append((i, note_sentences(rollout.modified_note)))
-            except InvalidNote as exc:
-                results[i] = InvalidInput(f"modified note: {exc}")
-        if to_judge:
-            verdicts = self.assess([sentences for _, sentences in to_judge])
-            for (i, _), verdict in zip(to_judge, verdicts, strict=True):
-                rollout = rollouts[i]
-                rollout.verdict.CopyFrom(verdict)
-                reward = game_reward(rollout.mode, verdict, rollout.changed_sentence_id, self.weights)
-                self._observe(rollout, verdict, reward)
-                results[i] = self._scored(rollout, reward)
+            for rollout in group.rollouts:
+                verdict = by_id.get(rollout.rollout_id)
+                if verdict is not None:
+                    rollout.verdict.CopyFrom(verdict)
+                rollout.reward.CopyFrom(score_rollout(rollout, verdict, self.weights))
+                self._observe(rollout, verdict)
+            results[i] = [Output(self.topic(ROLLOUTS_SCORED), group.group_id, group)]
         return results
 
-    def _gate(self, rollout: pb.Rollout) -> pb.RewardParts | None:
-        """The gate reward when the injector's output did not parse or the verifier rejected it."""
-        if rollout.HasField("reward") and rollout.reward.outcome == UNPARSEABLE:
-            return gate_reward(parsed=False, verified=True, weights=self.weights)
-        if rollout.HasField("reward") and rollout.reward.outcome == INVALID:
-            return gate_reward(parsed=True, verified=False, weights=self.weights)
-        if not rollout.HasField("verification"):
-            raise InvalidInput("rollout reached the assessor without a verification report")
-        if not rollout.verification.passed:
-            return gate_reward(parsed=True, verified=False, weights=self.weights)
-        return None
+    def _judge(self, notes: list[list[tuple[int, str]]]) -> list[pb.AssessorVerdict]:
+        """Verdicts; answers that do not parse are judged once more (sampled) when configured."""
+        if not notes:
+            return []
+        verdicts = self.assess(notes)
+        retry = [i for i, v in enumerate(verdicts) if not v.parsed]
+        if retry and self.settings.rejudge_unparsed:
+            again = self.assess([notes[i] for i in retry])
+            for i, verdict in zip(retry, again, strict=True):
+                if verdict.parsed:
+                    verdicts[i] = verdict
+        for verdict in verdicts:
+            if not verdict.parsed:
+                metrics.ASSESSOR_UNPARSED.inc()
+        return verdicts
 
-    def _scored(self, rollout: pb.Rollout, reward: pb.RewardParts) -> list[Output]:
-        rollout.reward.CopyFrom(reward)
-        metrics.REWARD.labels(pb.Mode.Name(rollout.mode)).observe(reward.total)
-        key = rollout.group_id or rollout.rollout_id
-        return [Output(self.topic(ROLLOUTS_SCORED), key, pb.ScoredRollout(rollout=rollout))]
-
-    def _observe(self, rollout: pb.Rollout, verdict: pb.AssessorVerdict, reward: pb.RewardParts) -> None:
+    def _observe(self, rollout: pb.Rollout, verdict: pb.AssessorVerdict | None) -> None:
         mode = pb.Mode.Name(rollout.mode)
-        metrics.VERDICTS.labels(mode, reward.outcome).inc()
+        metrics.REWARD.labels(mode).observe(rollout.reward.total)
+        metrics.VERDICTS.labels(mode, rollout.reward.outcome).inc()
+        if verdict is None or rollout.reward.outcome == EXCLUDED:
+            return
         if rollout.mode == pb.MODE_INJECT:
             caught = verdict.error_flag and verdict.error_sentence_id == rollout.changed_sentence_id
             metrics.DETECTION_RATE.set(self.detection.add(bool(caught)))
         else:
             metrics.FALSE_FLAG_RATE.set(self.false_flags.add(bool(verdict.error_flag)))
 
-    def _handle(self, rollouts: list[pb.Rollout]) -> list:
+    def _handle(self, groups: list[pb.RolloutGroup]) -> list:
         try:
-            return self.score_batch(rollouts)
+            return self.score_groups(groups)
         except Exception as exc:  # noqa: BLE001 - the worker retries each message alone
-            return [exc] * len(rollouts)
+            return [exc] * len(groups)
 
     # --- runtime hooks ------------------------------------------------------------------------
     def grpc_bindings(self):
@@ -220,8 +237,8 @@ class AssessorService(Service):
         s = self.settings
         return [StreamWorker(
             service=self.name, bus=self.bus, topics=[self.topic(ROLLOUTS_VERIFIED)],
-            group_id=s.group_id or f"medserl-{self.name}", message_type=pb.Rollout,
-            handler=self._handle, message_id=lambda r: r.rollout_id,
+            group_id=s.group_id or f"medserl-{self.name}", message_type=pb.RolloutGroup,
+            handler=self._handle,  # no skip by id: the learner drops (and counts) duplicate groups
             max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s, dead_letter_topic=self.topic(DEAD_LETTER),
             max_attempts=s.max_attempts,
         )]

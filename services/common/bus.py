@@ -105,6 +105,10 @@ class Bus(ABC):
     @abstractmethod
     def ensure_topics(self, topics: Sequence[str], partitions: int = DEFAULT_PARTITIONS) -> None: ...
 
+    @abstractmethod
+    def end_offsets(self, topic: str) -> list[int]:
+        """The next offset of every partition of ``topic``: how many messages were ever written to it."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources."""
 

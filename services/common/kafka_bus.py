@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
@@ -42,6 +43,8 @@ class KafkaBus(Bus):
         self._delivery_timeout_ms = delivery_timeout_ms
         self._session_timeout_ms = session_timeout_ms
         self._max_poll_interval_ms = max_poll_interval_ms
+        self._offsets_client = None  # a group-less consumer for end offsets, made on first use
+        self._offsets_lock = threading.Lock()
 
     def producer(self) -> Producer:
         return _KafkaProducer(self)
@@ -66,6 +69,30 @@ class KafkaBus(Bus):
             self._wait_for_metadata(admin, list(topics))
         finally:
             admin.close()
+
+    def end_offsets(self, topic: str) -> list[int]:
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
+
+        with self._offsets_lock:
+            try:
+                if self._offsets_client is None:
+                    self._offsets_client = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
+                                                         enable_auto_commit=False,
+                                                         client_id=f"{self.client_id}-offsets",
+                                                         request_timeout_ms=self._request_timeout_ms)
+                partitions = sorted(self._offsets_client.partitions_for_topic(topic) or ())
+                tps = [TopicPartition(topic, p) for p in partitions]
+                offsets = self._offsets_client.end_offsets(tps) if tps else {}
+            except KafkaError as exc:
+                raise BusError(f"could not read the end offsets of {topic}: {exc}") from exc
+            return [int(offsets[tp]) for tp in tps]
+
+    def close(self) -> None:
+        with self._offsets_lock:
+            if self._offsets_client is not None:
+                self._offsets_client.close()
+                self._offsets_client = None
 
     def _wait_for_metadata(self, admin, topics: list[str], timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s

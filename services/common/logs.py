@@ -69,3 +69,45 @@ def setup_logging(service: str, level: str = "INFO", json_logs: bool = True, log
     root.setLevel(level.upper())
     for noisy in ("kafka", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+THIRD_PARTY_LOGGERS = ("transformers", "datasets", "trl", "peft", "accelerate", "torch", "huggingface_hub",
+                       "matplotlib", "PIL", "urllib3", "httpx", "filelock", "kafka", "grpc")
+OUR_PACKAGES = ("medserl", "medserl_cli", "medec", "services", "trainer", "__main__")
+
+
+def quiet_third_party() -> None:
+    """Hide other libraries' progress bars, advice and warnings, so a terminal shows our stages.
+
+    For a CLI run (``medserl run``; ``--verbose`` skips this): the environment switches work for
+    libraries not yet imported, the calls for those that are. Our own warnings and progress stay.
+    """
+    import os
+    import warnings
+
+    for name, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                        ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+                        ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
+        os.environ.setdefault(name, value)
+    ours = "|".join(OUR_PACKAGES)
+    warnings.filterwarnings("ignore", module=rf"(?!(?:{ours})(?:\.|$))")
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets.utils.logging as datasets_logging
+        import huggingface_hub.utils as hub_utils
+        import transformers.utils.logging as transformers_logging
+        from transformers import trainer_callback
+    except ImportError:
+        return
+    hub_utils.disable_progress_bars()
+    datasets_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+    # the Trainer prints every logged dict ({'loss': ...}) to stdout; our metrics.jsonl and report have them
+    def _no_print(self, args, state, control, logs=None, **kwargs):
+        return None
+
+    trainer_callback.PrinterCallback.on_log = _no_print
+    trainer_callback.ProgressCallback.on_log = _no_print

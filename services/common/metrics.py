@@ -42,7 +42,14 @@ VERDICTS = Counter("medserl_verdicts_total", "Assessor verdicts by rollout mode 
 VERDICT_SECONDS = Histogram("medserl_verdict_seconds", "Time for one assessor verdict", [], buckets=LATENCY_BUCKETS)
 DETECTION_RATE = Gauge("medserl_detection_rate", "Share of injected errors the assessor caught (recent window)")
 FALSE_FLAG_RATE = Gauge("medserl_false_flag_rate", "Share of safe paraphrases the assessor flagged (recent window)")
-REWARD = Histogram("medserl_reward", "Injector reward per rollout", ["mode"], buckets=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5))
+REWARD = Histogram("medserl_reward", "Injector reward per rollout", ["mode"], buckets=(-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5))
+ASSESSOR_UNPARSED = Counter("medserl_assessor_unparsed_total",
+                            "Assessor answers that did not parse after a re-judge (rollout excluded, never a win)")
+
+# --- injector admission ----------------------------------------------------------------------
+ADMISSION_BUDGET = Gauge("medserl_admission_budget_groups", "Groups the injector may still generate")
+ADMISSION_IN_FLIGHT = Gauge("medserl_admission_in_flight_groups", "Groups generated but not yet disposed of by the learner")
+ADMISSION_PAUSED_SECONDS = Counter("medserl_admission_paused_seconds_total", "Time the injector waited for the learner")
 
 # --- trainer ---------------------------------------------------------------------------------
 TRAIN_LOSS = Gauge("medserl_train_loss", "Last training loss", ["phase"])
@@ -50,3 +57,8 @@ TRAIN_LEARNING_RATE = Gauge("medserl_train_learning_rate", "Current learning rat
 TRAIN_TOKENS_PER_SECOND = Gauge("medserl_train_tokens_per_second", "Training throughput", ["phase"])
 TRAIN_STEP = Gauge("medserl_train_step", "Optimizer step", ["phase"])
 TRAIN_MEAN_REWARD = Gauge("medserl_train_mean_reward", "Mean reward of the last learner batch")
+# one gauge per REINFORCE++ step statistic (trainer/reinforce.py StepStats + the loop's batch stats)
+RL_STEP = Gauge("medserl_rl_step_stat", "Statistic of the last learner step (reward, fool rate, KL, ...)", ["stat"])
+RL_GROUPS = Counter("medserl_rl_groups_total", "Groups the learner disposed of, by fate", ["fate"])
+RL_STALENESS = Histogram("medserl_rl_staleness_versions", "Versions between a group's policy and the learner's",
+                         buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32))

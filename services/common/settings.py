@@ -1,17 +1,37 @@
-"""Service settings: dataclass defaults < YAML/JSON file < MEDSERL_* environment < command-line flags."""
+"""Service settings: dataclass defaults < YAML/JSON file < MEDSERL_* environment < command-line flags.
+
+The dataclasses are the one definition of every setting: ``add_dataclass_arguments`` turns one into
+argparse flags (type, default and meaning from the field's trailing ``# comment``), so a flag list
+or a ``--help`` page is never written by hand beside the dataclass it copies.
+"""
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import difflib
+import functools
+import inspect
+import io
 import json
 import os
+import sys
+import textwrap
+import tokenize
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound="ServiceSettings")
+D = TypeVar("D")
+
+# Renamed settings: old name -> new name. The old one is accepted (file key, MEDSERL_* variable,
+# --set, --old-flag) with a warning for one release, wherever the class has the new name only.
+DEPRECATED_NAMES: dict[str, str] = {"model_name": "model"}
 
 
 class SettingsError(ValueError):
@@ -24,19 +44,19 @@ class ServiceSettings:
 
     bus: str = "memory"  # memory | kafka
     kafka_bootstrap: str = ""  # host:port[,host:port]; also KAFKA_BOOTSTRAP_SERVERS
-    grpc_host: str = "0.0.0.0"
+    grpc_host: str = "0.0.0.0"  # interface the gRPC server listens on
     grpc_port: int = 50051  # 0 picks a free port
-    metrics_port: int = 9100  # 0 picks a free port; -1 disables
-    log_level: str = "INFO"
-    log_json: bool = True
+    metrics_port: int = 9100  # Prometheus /metrics; 0 picks a free port; -1 disables
+    log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
+    log_json: bool = True  # one JSON object per log line (false: plain text for a terminal)
     log_phi: bool = False  # clinical note text in logs only when asked for explicitly
     group_id: str = ""  # consumer group; defaults to medserl-<service>
     topic_suffix: str = ""  # appended to every topic name: isolated experiments (tenants) on one cluster
     max_batch: int = 32  # messages handled per poll
-    poll_timeout_s: float = 0.5
+    poll_timeout_s: float = 0.5  # seconds a bus poll waits for messages
     max_attempts: int = 3  # tries before a message goes to the dead-letter topic
-    shutdown_grace_s: float = 20.0
-    grpc_workers: int = 8
+    shutdown_grace_s: float = 20.0  # seconds SIGTERM waits for the batch in hand before giving up
+    grpc_workers: int = 8  # gRPC server threads
 
 
 def _coerce(value: Any, annotation: Any, name: str, source: str) -> Any:
@@ -80,6 +100,51 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+_warned: set[str] = set()
+
+
+def deprecation_warning(message: str) -> None:
+    """One line on stderr, once per process (``warnings`` hides DeprecationWarning by default)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"medserl: warning: {message}", file=sys.stderr)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a near miss, else ``""``: the cheapest fix for a typo."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown(key: str, names: Iterable[str]) -> str:
+    names = sorted(names)
+    return f"unknown setting {key!r}{did_you_mean(key, names)}; known: {', '.join(names)}"
+
+
+def _renamed(names: Iterable[str]) -> dict[str, str]:
+    """The deprecated aliases that apply to a class: the old name is gone and the new one is there."""
+    names = set(names)
+    return {old: new for old, new in DEPRECATED_NAMES.items() if new in names and old not in names}
+
+
+def _canonical(mapping: dict[str, Any], names: dict[str, Any], source: str, where: str = "") -> dict[str, Any]:
+    """Keys normalised (dashes -> underscores, old names -> new ones with a warning); an explicit new
+    name beats its old alias. Unknown keys are an error with a suggestion."""
+    renamed = _renamed(names)
+    out: dict[str, Any] = {}
+    aliased: dict[str, Any] = {}
+    for raw, value in mapping.items():
+        key = str(raw).replace("-", "_")
+        if key in names:
+            out[key] = value
+        elif key in renamed:
+            deprecation_warning(f"setting {key!r} ({source}) is deprecated and will be removed: use {renamed[key]!r}")
+            aliased[renamed[key]] = value
+        else:
+            raise SettingsError(f"{where}{_unknown(key, names)}")
+    return {**aliased, **out}
+
+
 def load_settings(
     cls: type[T],
     config_file: str | Path | None = None,
@@ -103,22 +168,24 @@ def load_settings(
             data = json.loads(text)
         if not isinstance(data, dict):
             raise SettingsError(f"{path}: expected a mapping of setting names to values")
-        for key, value in data.items():
-            key = key.replace("-", "_")
-            if key not in types_by_name:
-                raise SettingsError(f"{path}: unknown setting {key!r}; known: {', '.join(sorted(types_by_name))}")
+        for key, value in _canonical(data, types_by_name, f"in {path}", f"{path}: ").items():
             values[key] = _coerce(value, types_by_name[key], key, str(path))
     env = os.environ if env is None else env
     for key, annotation in types_by_name.items():
         env_key = env_prefix + key.upper()
         if env_key in env:
             values[key] = _coerce(env[env_key], annotation, key, f"${env_key}")
+    for old, new in _renamed(types_by_name).items():
+        old_key, new_key = env_prefix + old.upper(), env_prefix + new.upper()
+        if old_key in env:
+            if new_key in env:
+                deprecation_warning(f"${old_key} is deprecated and ignored: ${new_key} is set")
+            else:
+                deprecation_warning(f"${old_key} is deprecated and will be removed: use ${new_key}")
+                values[new] = _coerce(env[old_key], types_by_name[new], new, f"${old_key}")
     if "kafka_bootstrap" in types_by_name and not values.get("kafka_bootstrap") and env.get("KAFKA_BOOTSTRAP_SERVERS"):
         values["kafka_bootstrap"] = env["KAFKA_BOOTSTRAP_SERVERS"]
-    for key, value in (overrides or {}).items():
-        key = key.replace("-", "_")
-        if key not in types_by_name:
-            raise SettingsError(f"unknown setting {key!r}; known: {', '.join(sorted(types_by_name))}")
+    for key, value in _canonical(overrides or {}, types_by_name, "on the command line").items():
         values[key] = _coerce(value, types_by_name[key], key, "command line")
     return cls(**values)
 
@@ -132,3 +199,170 @@ def parse_set_flags(pairs: list[str] | None) -> dict[str, str]:
         key, value = pair.split("=", 1)
         out[key.strip()] = value
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# command-line flags generated from a dataclass
+
+
+@functools.cache
+def _source_comments(klass: type) -> dict[str, str]:
+    """Field name -> the trailing ``# comment`` on its line(s) in ``klass``'s own source."""
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT:
+                comments[token.start[0]] = token.string.lstrip("#").strip()
+        tree = ast.parse(source)
+    except (SyntaxError, tokenize.TokenError):
+        return {}
+    body = next((n.body for n in tree.body if isinstance(n, ast.ClassDef)), [])
+    found: dict[str, str] = {}
+    for node in body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            lines = range(node.lineno, (node.end_lineno or node.lineno) + 1)
+            text = " ".join(comments[n] for n in lines if n in comments)
+            if text:
+                found[node.target.id] = text
+    return found
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """What each field means: ``field(metadata={"help": ...})``, else its trailing ``# comment``, looked
+    up through the base classes (a subclass that only changes a default keeps the base's meaning)."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            found.update(_source_comments(klass))
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help"):
+            found[f.name] = str(f.metadata["help"])
+    return found
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value)) or "''"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if value == "":
+        return "''"
+    return str(value)
+
+
+def _base_type(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+class _Converter:
+    """argparse ``type=``: the same coercion as a file or MEDSERL_* value, with argparse's message."""
+
+    def __init__(self, annotation: Any, name: str):
+        self.annotation = annotation
+        self.name = name
+        base = _base_type(annotation)
+        self.__name__ = getattr(typing.get_origin(base) or base, "__name__", "value")
+
+    def __call__(self, text: str) -> Any:
+        try:
+            return _coerce(text, self.annotation, self.name, "the command line")
+        except SettingsError:
+            raise argparse.ArgumentTypeError(f"invalid {self.__name__} value: {text!r}") from None
+
+
+class _Toggle(argparse.Action):
+    """``--x`` / ``--no-x`` for a boolean field (argparse's BooleanOptionalAction edits the help text)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        kwargs.pop("type", None)
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
+
+
+class _Deprecated(argparse.Action):
+    """An old flag name: stores into the new dest and warns once."""
+
+    def __init__(self, option_strings, dest, new_flag: str = "", **kwargs):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecation_warning(f"{option_string} is deprecated and will be removed: use {self.new_flag}")
+        setattr(namespace, self.dest, values)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    defaults: bool = True,
+    choices: dict[str, Sequence[str]] | None = None,
+    exclude: Iterable[str] = (),
+) -> None:
+    """One flag per field of ``cls`` (``--field-name``; a bool gets ``--x/--no-x``), typed from its
+    annotation, its help the field's meaning and default. Old names (``DEPRECATED_NAMES``) stay
+    accepted as hidden flags that warn.
+
+    ``defaults=True``: the namespace carries every field (``dataclass_from_args`` builds ``cls``).
+    ``defaults=False``: only flags actually given appear, so they can be layered over a config file
+    and the environment (``given_settings``) while ``--help`` still shows the dataclass default.
+    """
+    choices = choices or {}
+    skipped = set(exclude)
+    meaning = field_help(cls)
+    types_by_name = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skipped:
+            continue
+        annotation = types_by_name[f.name]
+        default = field_default(f)
+        text = meaning.get(f.name, "")
+        help_text = (f"{text} (default: {_shown(default)})" if text else f"default: {_shown(default)}").replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text,
+                                  "default": default if defaults else argparse.SUPPRESS}
+        options = [flag_name(f.name)]
+        if _base_type(annotation) is bool:
+            options.append("--no-" + f.name.replace("_", "-"))
+            kwargs["action"] = _Toggle
+        else:
+            kwargs["type"] = _Converter(annotation, f.name)
+            if f.name in choices:
+                kwargs["choices"] = tuple(choices[f.name])
+            else:
+                kwargs["metavar"] = "A,B,..." if typing.get_origin(annotation) in (list, tuple) else f.name.upper()
+        parser.add_argument(*options, **kwargs)
+    for old, new in _renamed(types_by_name).items():
+        if new not in skipped:
+            parser.add_argument(flag_name(old), dest=new, action=_Deprecated, new_flag=flag_name(new),
+                                type=_Converter(types_by_name[new], new), default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
+
+
+def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` that ``args`` carries (with ``defaults=False``: the flags given)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def dataclass_from_args(cls: type[D], args: argparse.Namespace) -> D:
+    """``cls`` built from the flags ``add_dataclass_arguments`` generated for it."""
+    return cls(**given_settings(args, cls))

@@ -108,6 +108,7 @@ class StreamWorker:
         poll_timeout_s: float = 0.5,
         max_attempts: int = 3,
         retry_backoff_s: float = 0.2,
+        with_records: bool = False,
     ):
         self.service = service
         self.bus = bus
@@ -122,6 +123,7 @@ class StreamWorker:
         self.poll_timeout_s = poll_timeout_s
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
+        self.with_records = with_records  # the handler is called as handler(messages, records)
         self.seen = SeenIds()
         self.processed = 0
         self._consumer: Consumer | None = None
@@ -221,7 +223,7 @@ class StreamWorker:
                 self.seen.add(self.message_id(message))
 
     def _handle_with_retries(self, messages: list[Message], records: list[Record]) -> list:
-        results = list(self._call(messages))
+        results = list(self._call(messages, records))
         for i, result in enumerate(results):
             if not isinstance(result, BaseException):
                 results[i] = list(result)
@@ -231,7 +233,7 @@ class StreamWorker:
             while not isinstance(result, InvalidInput) and attempts < self.max_attempts:
                 time.sleep(self.retry_backoff_s * (2 ** (attempts - 1)))
                 attempts += 1
-                result = self._call([messages[i]])[0]
+                result = self._call([messages[i]], [records[i]])[0]
                 if not isinstance(result, BaseException):
                     break
             results[i] = (result, attempts) if isinstance(result, BaseException) else list(result)
@@ -240,9 +242,9 @@ class StreamWorker:
                                                                  "attempts": attempts, "topic": records[i].topic})
         return results
 
-    def _call(self, messages: list[Message]) -> Sequence[HandlerResult]:
+    def _call(self, messages: list[Message], records: list[Record]) -> Sequence[HandlerResult]:
         try:
-            results = self.handler(messages)
+            results = self.handler(messages, records) if self.with_records else self.handler(messages)
         except Exception as exc:  # noqa: BLE001 - a whole-batch failure is retried per message
             return [exc] * len(messages)
         if len(results) != len(messages):

@@ -80,11 +80,6 @@ class ChatResult:
     model: str
     system_fingerprint: str
     via: str  # online | batch | recovered | cache:<via>
-    response_id: str = ""
-
-    @property
-    def from_cache(self) -> bool:
-        return self.via.startswith("cache")
 
 
 def usage_of(completion: dict) -> tuple[int, int, int]:
@@ -98,8 +93,7 @@ def result_from_completion(completion: dict, cost: float, via: str) -> ChatResul
     message = choices[0].get("message") or {}
     prompt, cached, out = usage_of(completion)
     return ChatResult(message.get("content"), message.get("refusal"), choices[0].get("finish_reason"), prompt, cached, out,
-                      cost, str(completion.get("model") or ""), str(completion.get("system_fingerprint") or ""), via,
-                      str(completion.get("id") or ""))
+                      cost, str(completion.get("model") or ""), str(completion.get("system_fingerprint") or ""), via)
 
 
 @dataclass

@@ -99,10 +99,6 @@ class TokenCounter:
         self.encoding = _load_encoding(model)
         self.name = f"tiktoken:{self.encoding.name}" if self.encoding is not None else "bytes-bound (tiktoken data unavailable)"
 
-    @property
-    def exact(self) -> bool:
-        return self.encoding is not None
-
     def expected(self, text: str) -> int:
         if self.encoding is not None:
             return len(self.encoding.encode(text, disallowed_special=()))

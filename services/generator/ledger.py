@@ -89,10 +89,6 @@ class Ledger:
             self._db.execute("INSERT INTO attempts (key, outcome, http_status, detail, started, finished) VALUES (?,?,?,?,?,?)",
                              (key, outcome, http_status, detail[:500], started, time.time()))
 
-    def attempt_counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._db.execute("SELECT outcome, COUNT(*) FROM attempts GROUP BY outcome").fetchall())
-
     # --- Batch API jobs -----------------------------------------------------------------------------
     def add_upload(self, input_file_id: str, keys: list[str]) -> None:
         """The batch input file is uploaded; the batch may be created any moment now."""

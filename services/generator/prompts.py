@@ -32,9 +32,6 @@ class TaskPrompt:
     max_completion_tokens: int
     schema: dict  # the ``json_schema`` object of ``response_format`` (name, strict, schema)
 
-    def response_format(self) -> dict:
-        return {"type": "json_schema", "json_schema": self.schema}
-
 
 @dataclass(frozen=True)
 class PromptSet:

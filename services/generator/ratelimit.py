@@ -87,7 +87,6 @@ class RateLimiter:
         self.requests = _Bucket(requests_per_min)
         self.tokens = _Bucket(tokens_per_min)
         self.paused_until = 0.0
-        self.waited_s = 0.0
         self._lock = asyncio.Lock()
 
     async def acquire(self, tokens: int) -> None:
@@ -102,7 +101,6 @@ class RateLimiter:
                     self.requests.take(1)
                     self.tokens.take(tokens)
                     return
-                self.waited_s += wait
                 await asyncio.sleep(min(wait, 5.0))
 
     def update(self, headers: Mapping[str, str] | None) -> None:

@@ -1,11 +1,11 @@
-"""The generator service: gRPC ``medserl.v1.Generator`` and Kafka.
+"""The generator service: gRPC ``medserl.v1.Generator``; publishes to Kafka, consumes nothing.
 
 * ``SubmitPairs`` starts a job (the SFT pipeline over the given pairs, in a background thread) and
   returns its id; ``GetJobStatus`` reports state, counts and spend; ``StreamExamples`` streams the
   accepted examples (those already made, then the new ones) until the job ends.
-* Every accepted example is published to ``sft.candidates`` (SftExample); the verifier service
-  re-checks it and answers on ``sft.verified`` / ``sft.rejected``, which this service collects into
-  the job's status (``verified_downstream`` / ``rejected_downstream`` in the message).
+* SFT verification is a library call inside the pipeline (``services.verifier.checks.verify``). Each
+  kept example is published to ``sft.verified`` (SftExample with its passing report), each dropped one
+  to ``sft.rejected`` (``verification.passed`` false, the failed checks in ``verification.checks``).
 
 Backend: the OpenAI-compatible API when OPENAI_API_KEY or ``openai_base_url`` is set, else the
 offline rule-based paraphraser. Each job keeps its outputs, ledger and report under
@@ -34,7 +34,6 @@ from services.common.formats import ERROR_TYPES
 from services.common.notes import MAX_NOTE_CHARS
 from services.common.runtime import GrpcBinding, Service
 from services.common.settings import ServiceSettings
-from services.common.worker import Output, StreamWorker, per_message
 from services.generator.pipeline import GeneratorConfig, GeneratorError, SftGenerator
 
 log = logging.getLogger(__name__)
@@ -66,8 +65,6 @@ class Job:
     accepted: int = 0
     rejected: int = 0
     cost_usd: float = 0.0
-    verified_downstream: int = 0
-    rejected_downstream: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -88,9 +85,13 @@ def verification_proto(d: dict, subject_id: str, mode: int) -> pb.VerificationRe
                                  latency_ms=float(d.get("latency_ms", 0.0)))
 
 
+def _mode(kind: str) -> int:
+    return pb.MODE_PARAPHRASE if kind == "CORRECT" else pb.MODE_MEDEC_INCORRECT
+
+
 def record_to_proto(record: dict) -> pb.SftExample:
     """An SFT record (interface 5) as the SftExample that crosses Kafka and gRPC."""
-    mode = pb.MODE_PARAPHRASE if record["kind"] == "CORRECT" else pb.MODE_MEDEC_INCORRECT
+    mode = _mode(record["kind"])
     tokens = record.get("tokens") or {}
     return pb.SftExample(
         example_id=record["id"], pair_id=record["pair_id"], kind=record["kind"], mode=mode,
@@ -105,6 +106,31 @@ def record_to_proto(record: dict) -> pb.SftExample:
         cached_tokens=int(tokens.get("cached", 0)), completion_tokens=int(tokens.get("completion", 0)),
         cost_usd=float(record.get("cost_usd") or 0.0),
         verification=verification_proto(record.get("verifier") or {}, record["id"], mode))
+
+
+def rejection_to_proto(row: dict) -> pb.SftExample:
+    """A rejected.jsonl row as the SftExample for ``sft.rejected``: ``verification.passed`` is false and
+    the failed checks say why (``pair_complete`` when it passed but its pair's other side failed)."""
+    if row.get("record"):  # passed, dropped with its pair to keep the 50/50 balance
+        example = record_to_proto(row["record"])
+        failed = pb.Check(name="pair_complete", passed=False, detail=row["reason"])
+    else:
+        tokens = row.get("tokens") or {}
+        example = pb.SftExample(
+            example_id=row["id"], pair_id=row["pair_id"], kind=row["kind"], mode=_mode(row["kind"]),
+            changed_sentence_id=-1, prompt_version=row.get("prompt_version", ""),
+            prompt_hash=row.get("prompt_hash", ""), model=row.get("model") or "",
+            system_fingerprint=row.get("system_fingerprint") or "", model_written=bool(row.get("model_written")),
+            prompt_tokens=int(tokens.get("prompt", 0)), cached_tokens=int(tokens.get("cached", 0)),
+            completion_tokens=int(tokens.get("completion", 0)), cost_usd=float(row.get("cost_usd") or 0.0),
+            verification=verification_proto(row.get("verifier") or {}, row["id"], _mode(row["kind"])))
+        # no verifier report (no usable answer, a failed request) or none that failed: the reason is the check
+        failed = None if any(not c.passed for c in example.verification.checks) else pb.Check(
+            name="generation", passed=False, detail=row.get("reason", ""))
+    example.verification.passed = False
+    if failed is not None:
+        example.verification.checks.append(failed)
+    return example
 
 
 def pair_from_proto(pair: pb.NotePair, index: int) -> PairRecord:
@@ -188,27 +214,16 @@ class GeneratorService(Service):
     def __init__(self, settings: GeneratorSettings, bus: Bus):
         super().__init__(settings, bus)
         self.jobs: dict[str, Job] = {}
-        self.example_jobs: dict[str, str] = {}  # example id -> job id (to attribute verifier answers)
         self.producer = bus.producer()
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def topics(self) -> Sequence[str]:
-        return [self.topic(t) for t in (topics.SFT_CANDIDATES, topics.SFT_VERIFIED, topics.SFT_REJECTED,
-                                        topics.DEAD_LETTER)]
+        return [self.topic(topics.SFT_VERIFIED), self.topic(topics.SFT_REJECTED)]
 
     def grpc_bindings(self) -> Sequence[GrpcBinding]:
         return [GrpcBinding(generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(self), SERVICE_NAME)]
-
-    def workers(self) -> Sequence[StreamWorker]:
-        s = self.settings
-        return [StreamWorker(service=self.name, bus=self.bus,
-                             topics=[self.topic(topics.SFT_VERIFIED), self.topic(topics.SFT_REJECTED)],
-                             group_id=s.group_id or "medserl-generator", message_type=pb.SftExample,
-                             handler=per_message(self.collect), max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s,
-                             max_attempts=s.max_attempts, dead_letter_topic=self.topic(topics.DEAD_LETTER),
-                             message_id=lambda m: f"{m.example_id}:{int(m.verification.passed)}")]
 
     # --- jobs ---------------------------------------------------------------------------------------
     def submit(self, request: generator_pb2.SubmitPairsRequest) -> Job:
@@ -240,14 +255,15 @@ class GeneratorService(Service):
         return job
 
     def _run_job(self, job: Job, config: GeneratorConfig, pairs: list[PairRecord]) -> None:
-        candidates = self.topic(topics.SFT_CANDIDATES)
+        verified, rejected_topic = self.topic(topics.SFT_VERIFIED), self.topic(topics.SFT_REJECTED)
+
+        def publish(topic: str, example: pb.SftExample) -> None:
+            self.producer.publish(topic, example.SerializeToString(), key=example.pair_id)
+            metrics.MESSAGES_PRODUCED.labels(self.name, topic).inc()
 
         def on_example(record: dict) -> None:
             example = record_to_proto(record)
-            with self._lock:
-                self.example_jobs[example.example_id] = job.job_id
-            self.producer.publish(candidates, example.SerializeToString(), key=example.pair_id)
-            metrics.MESSAGES_PRODUCED.labels(self.name, candidates).inc()
+            publish(verified, example)
             with job.cond:
                 job.examples.append(example)
                 job.accepted += 1
@@ -257,7 +273,8 @@ class GeneratorService(Service):
         with job.cond:
             job.state = "running"
         try:
-            generator = SftGenerator(config, pairs, on_example, self.stop_event)
+            generator = SftGenerator(config, pairs, on_example, self.stop_event,
+                                     on_rejected=lambda row: publish(rejected_topic, rejection_to_proto(row)))
             report = generator.run()
             self.producer.flush()
             state, message = report["state"], report["message"]
@@ -275,24 +292,9 @@ class GeneratorService(Service):
 
     def status(self, job: Job) -> generator_pb2.JobStatus:
         with job.cond:
-            downstream = f"verifier: {job.verified_downstream} verified, {job.rejected_downstream} rejected"
             return generator_pb2.JobStatus(job_id=job.job_id, state=job.state, pairs_total=job.pairs_total,
                                            examples_accepted=job.accepted, examples_rejected=job.rejected,
-                                           cost_usd=job.cost_usd,
-                                           message=f"{job.message}; {downstream}" if job.message else downstream)
-
-    # --- Kafka: the verifier's answers ----------------------------------------------------------------
-    def collect(self, example: pb.SftExample) -> list[Output]:
-        with self._lock:
-            job = self.jobs.get(self.example_jobs.get(example.example_id, ""))
-        if job is None:
-            return []  # an example of another generator instance or an earlier process
-        with job.cond:
-            if example.verification.passed:
-                job.verified_downstream += 1
-            else:
-                job.rejected_downstream += 1
-        return []
+                                           cost_usd=job.cost_usd, message=job.message)
 
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """For tests and shutdown: wait until every job thread has finished."""

@@ -1,34 +1,38 @@
 """The injector service: the policy that writes one edit per note, for the RL self-play loop.
 
 Stream: ``notes.seed`` -> a mode per note (paraphrase / inject; ``inject_fraction`` of notes are
-inject) -> a group of ``group_size`` sampled edits in the shared injector format -> the edit applied
--> ``rollouts.generated`` (everything the learner needs: ids, mode, policy version, prompt and
-completion token ids, behaviour log-probs, sampling params, the seed and the modified note).
-A completion that does not parse is still published, with the format-gate reward, so the verifier
-can forward it straight to the learner (the policy must learn that garbage costs).
+inject) -> ONE RolloutGroup of ``group_size`` sampled edits (ids, mode, policy version, prompt and
+completion token ids, behaviour log-probs, sampling params, the modified note) -> ``rollouts.generated``.
+A completion that does not parse stays in its group with ``parse_error`` set: the assessor scores it
+with the format penalty, so the policy learns that garbage costs. The injector never writes a reward.
 
-Policy versions: a second worker follows ``policy.updates`` and loads each new version without a
-restart (transformers: LoRA adapter or full weights from the checkpoint; vllm: load_lora_adapter).
-Loading and generating share a lock, so every rollout carries the version that really made it.
+Group ids are deterministic: ``<note id>~<hash of the seed's topic, partition, offset>``, so a
+redelivered seed message yields the same id (the learner drops the copy) while a seed submitted
+again is a new message and a new group.
 
-Admission control: with ``learner_batch_rollouts`` rollouts per learner step, the injector generates
-at most ``(v - v0 + 1 + max_staleness) * learner_batch_rollouts`` rollouts by the time it knows of
-policy version ``v`` (``v0``: the version it started with), so it never runs more than
-``max_staleness`` versions ahead of the learner. When the budget is spent it stops polling
-``notes.seed`` (seeds wait in the topic; nothing is dropped) until a new version arrives. The budget
-is per replica and counts from the replica's start; a version that fails to load still advances it
-(the learner moved on; the rollouts keep the older version's stamp, so the learner sees they are
-stale), so a bad checkpoint never stalls the loop. ``learner_batch_rollouts`` must be at least the
-learner's batch divided by the number of replicas, or the loop waits forever.
+Policy versions: a second worker follows ``policy.updates`` and loads the newest version without a
+restart (transformers: LoRA adapter or full weights; vllm: load_lora_adapter), after checking the
+checkpoint's sha256 against the update. Loading and generating share a lock, so every rollout carries
+the version that really made it.
 
-gRPC ``medserl.v1.Injector``: ``Inject(note, mode)`` returns a group without publishing it;
-``SubmitSeeds`` validates notes and publishes them to ``notes.seed``.
+Admission control (no state of its own, so it survives restarts and is shared by replicas): the
+injector may have at most ``window = ceil((1 + max_staleness) * learner_batch_rollouts / group_size)``
+groups in flight, where in flight = groups ever written to ``rollouts.generated`` (its end offsets)
+minus the groups the learner says it has disposed of (``PolicyUpdate.groups_consumed``: trained,
+stale, duplicate, quarantined or dead-lettered on the way). When the learner has waited for input
+too long it says how many rollouts it still wants (``rollouts_wanted``) and the injector grants
+them once per such update, even past the window: a loss the counts cannot see never stalls the loop.
+When the budget is spent the seed worker stops polling (seeds wait in the topic; nothing is dropped).
+
+gRPC ``medserl.v1.Injector``: ``Inject(note, mode)`` returns a group's rollouts without publishing
+them; ``SubmitSeeds`` validates notes and publishes them to ``notes.seed``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import threading
 import time
@@ -40,8 +44,8 @@ import grpc
 from medserl.v1 import injector_pb2, injector_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import formats, metrics
+from services.common.bus import Bus, Record
 from services.common.notes import InvalidNote, make_note, note_sentences
-from services.common.reward import gate_reward
 from services.common.runtime import GrpcBinding, Service
 from services.common.topics import DEAD_LETTER, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_GENERATED
 from services.common.worker import InvalidInput, Output, StreamWorker
@@ -52,6 +56,8 @@ from services.inference import (
     ModelServiceSettings,
     PolicyUpdateError,
     build_backend,
+    checkpoint_sha256,
+    local_path,
 )
 
 log = logging.getLogger(__name__)
@@ -68,50 +74,85 @@ class InjectorSettings(ModelServiceSettings):
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
-    seed: int = 0  # < 0: unseeded sampling; else per-note seeds derive from it
+    seed: int = 0  # < 0: unseeded sampling; else per-group seeds derive from it
     initial_policy_version: int = 0
-    max_staleness: int = 1  # versions the injector may run ahead of the learner
-    learner_batch_rollouts: int = 256  # rollouts per learner step; 0 turns admission control off
+    max_staleness: int = 1  # versions the injector may run ahead of the learner (sizes the window)
+    learner_batch_rollouts: int = 64  # the learner's rollouts_per_update; 0 turns admission control off
+    verify_checkpoint_sha256: bool = True  # refuse a policy update whose files do not match its sha256
     max_group_size: int = 32  # gRPC Inject: largest n a client may ask for
+
+
+def group_id_for(note_id: str, record: Record | None) -> str:
+    """Deterministic for a seed message (topic, partition, offset); random for a gRPC call."""
+    if record is None:
+        return f"{note_id}~{uuid.uuid4().hex[:12]}"
+    digest = hashlib.sha256(f"{record.topic}:{record.partition}:{record.offset}".encode()).hexdigest()[:12]
+    return f"{note_id}~{digest}"
 
 
 class PolicyState:
     """The policy version in use and the admission budget, shared by the workers and gRPC."""
 
-    def __init__(self, backend: InferenceBackend, version: int, settings: InjectorSettings):
+    def __init__(self, backend: InferenceBackend, version: int, settings: InjectorSettings,
+                 generated_groups=lambda: 0):
         self.backend = backend
         self.version = version  # the version loaded and stamped on rollouts
-        self.learner_version = version  # the newest version the learner published (loaded or not)
-        self.start_version = version
+        self.learner_version = version  # the newest version the learner announced (loaded or not)
         self.settings = settings
-        self.generated = 0  # rollouts admitted since start
+        self.generated_groups = generated_groups  # groups ever written to rollouts.generated
+        self.groups_consumed = 0  # from the learner's newest update
+        self.credit = 0  # groups granted past the window because the learner asked for them
         self.lock = threading.RLock()  # generation and weight loading never interleave
         self._changed = threading.Condition()
 
-    def budget(self) -> int | None:
-        """Rollouts that may still be generated before the learner publishes a new version."""
+    @property
+    def window(self) -> int | None:
         per_step = self.settings.learner_batch_rollouts
         if per_step <= 0:
             return None
-        allowed = (self.learner_version - self.start_version + 1 + self.settings.max_staleness) * per_step
-        return max(0, allowed - self.generated)
+        return math.ceil((1 + self.settings.max_staleness) * per_step / self.settings.group_size)
 
-    def admit(self, rollouts: int) -> None:
-        with self._changed:
-            self.generated += rollouts
+    def in_flight(self) -> int:
+        return max(0, self.generated_groups() - self.groups_consumed)
 
-    def saw_learner_version(self, version: int) -> None:
-        """The learner has reached ``version``: admission follows it even if loading that version fails."""
+    def budget(self) -> int | None:
+        """Groups that may be generated now (None: no admission control)."""
+        window = self.window
+        if window is None:
+            return None
+        in_flight = self.in_flight()
+        budget = max(0, window - in_flight) + self.credit
+        metrics.ADMISSION_BUDGET.set(budget)
+        metrics.ADMISSION_IN_FLIGHT.set(in_flight)
+        return budget
+
+    def admit(self, groups: int) -> None:
         with self._changed:
-            if version > self.learner_version:
-                self.learner_version = version
-                self._changed.notify_all()
+            window_left = max(0, (self.window or 0) - self.in_flight())
+            self.credit = max(0, self.credit - max(0, groups - window_left))
+
+    def account(self, update: pb.PolicyUpdate) -> None:
+        """The learner's accounting (every update carries it, a new version or not)."""
+        with self._changed:
+            self.groups_consumed = max(self.groups_consumed, update.groups_consumed)
+            if update.version > self.learner_version:
+                self.learner_version = update.version
+            if update.rollouts_wanted > 0:
+                self.credit += math.ceil(update.rollouts_wanted / self.settings.group_size)
+            self._changed.notify_all()
 
     def update(self, update: pb.PolicyUpdate) -> bool:
         """Load a newer version (older or equal versions are ignored). True when it switched."""
-        self.saw_learner_version(update.version)
-        if update.version <= self.version:
+        self.account(update)
+        if update.version <= self.version or not update.checkpoint_uri:
             return False
+        if self.settings.verify_checkpoint_sha256:
+            path = local_path(update.checkpoint_uri)
+            if not update.checkpoint_sha256:
+                raise PolicyUpdateError(f"policy update v{update.version} has no checkpoint_sha256")
+            if checkpoint_sha256(path) != update.checkpoint_sha256:
+                raise PolicyUpdateError(f"policy update v{update.version}: the files at its checkpoint_uri do "
+                                        "not match its checkpoint_sha256")
         with self.lock:
             self.backend.load_policy(update.version, update.checkpoint_uri, update.kind or "lora")
             previous, self.version = self.version, update.version
@@ -130,23 +171,23 @@ class PolicyState:
 class AdmissionWorker(StreamWorker):
     """A seed consumer that polls only while the admission budget allows another group."""
 
-    def __init__(self, *, policy: PolicyState, group_size: int, **kwargs):
+    def __init__(self, *, policy: PolicyState, **kwargs):
         super().__init__(**kwargs)
         self.policy = policy
-        self.group_size = group_size
         self._configured_batch = self.max_batch
         self.paused_s = 0.0
 
     def run_once(self) -> int:
         budget = self.policy.budget()
         if budget is not None:
-            groups = budget // self.group_size
-            if groups <= 0:
+            if budget <= 0:
                 started = time.monotonic()
                 self.policy.wait_for_change(self.poll_timeout_s)
-                self.paused_s += time.monotonic() - started
+                waited = time.monotonic() - started
+                self.paused_s += waited
+                metrics.ADMISSION_PAUSED_SECONDS.inc(waited)
                 return 0
-            self.max_batch = max(1, min(self._configured_batch, groups))
+            self.max_batch = max(1, min(self._configured_batch, budget))
         return super().run_once()
 
 
@@ -178,7 +219,7 @@ class _InjectorServicer(injector_pb2_grpc.InjectorServicer):
             note.note_id = f"grpc-{uuid.uuid4().hex[:12]}"
         mode = request.mode if request.mode != pb.MODE_UNSPECIFIED else service.choose_mode(note)
         try:
-            rollouts = service.generate_groups([(note, sentences, mode)], params)[0]
+            rollouts = list(service.generate_groups([(note, sentences, mode, None)], params)[0].rollouts)
         except Exception as exc:  # noqa: BLE001 - the backend failed; the server keeps serving
             log.exception("inject failed", extra={"error_class": type(exc).__name__})
             self._count("Inject", grpc.StatusCode.UNAVAILABLE)
@@ -210,7 +251,7 @@ class InjectorService(Service):
     name = "injector"
     settings_cls = InjectorSettings
 
-    def __init__(self, settings: InjectorSettings, bus, backend: InferenceBackend | None = None):
+    def __init__(self, settings: InjectorSettings, bus: Bus, backend: InferenceBackend | None = None):
         super().__init__(settings, bus)
         if not 0.0 <= settings.inject_fraction <= 1.0:
             raise ValueError(f"inject_fraction must be in [0, 1], got {settings.inject_fraction}")
@@ -223,13 +264,18 @@ class InjectorService(Service):
         self.params = GenerationParams(temperature=settings.temperature, top_p=settings.top_p,
                                        max_new_tokens=settings.max_new_tokens, n=settings.group_size,
                                        seed=None).validate()
-        self.policy = PolicyState(self.backend, settings.initial_policy_version, settings)
+        self.policy = PolicyState(self.backend, settings.initial_policy_version, settings,
+                                  generated_groups=self._generated_groups)
         self.producer = bus.producer()
         self._instance = uuid.uuid4().hex[:8]
         self._seed_worker: AdmissionWorker | None = None
         self._rng = random.Random(settings.seed)
         self._rng_lock = threading.Lock()
         metrics.POLICY_VERSION.labels(self.name).set(self.policy.version)
+
+    def _generated_groups(self) -> int:
+        """Groups ever written to rollouts.generated: the end offsets, durable and shared by replicas."""
+        return sum(self.bus.end_offsets(self.topic(ROLLOUTS_GENERATED)))
 
     # --- decisions ------------------------------------------------------------------------------
     def choose_mode(self, note: pb.Note) -> int:
@@ -246,10 +292,11 @@ class InjectorService(Service):
             return self._rng.randrange(2**31)
 
     # --- generation -----------------------------------------------------------------------------
-    def generate_groups(self, items: list[tuple[pb.Note, list[tuple[int, str]], int]],
-                        params: GenerationParams) -> list[list[pb.Rollout]]:
-        """One group of ``params.n`` rollouts per (seed note, sentences, mode), in one generate call."""
-        prompts = [formats.injector_messages(sentences, MODE_NAMES[mode]) for _, sentences, mode in items]
+    def generate_groups(self, items: list[tuple[pb.Note, list[tuple[int, str]], int, Record | None]],
+                        params: GenerationParams) -> list[pb.RolloutGroup]:
+        """One RolloutGroup of ``params.n`` rollouts per (seed note, sentences, mode, seed record), in one
+        generate call."""
+        prompts = [formats.injector_messages(sentences, MODE_NAMES[mode]) for _, sentences, mode, _ in items]
         if params.seed is None and self.settings.seed >= 0:
             params = replace(params, seed=self._sampling_seed())
         started = time.perf_counter()
@@ -259,25 +306,28 @@ class InjectorService(Service):
         elapsed = time.perf_counter() - started
         metrics.GENERATION_SECONDS.labels(self.name).observe(elapsed)
         metrics.GENERATED_TOKENS.labels(self.name).inc(sum(c.num_tokens for c in completions))
-        groups: list[list[pb.Rollout]] = [[] for _ in items]
-        group_ids = [f"{note.note_id}~{uuid.uuid4().hex[:12]}" for note, _, _ in items]
+        now_ms = int(time.time() * 1000)
+        groups = []
+        for note, _, mode, record in items:
+            group = pb.RolloutGroup(group_id=group_id_for(note.note_id, record), seed_note_id=note.note_id,
+                                    mode=mode, policy_version=version, created_unix_ms=now_ms)
+            group.seed_note.CopyFrom(note)
+            groups.append(group)
         for completion in completions:
-            note, sentences, mode = items[completion.prompt_index]
+            note, sentences, mode, _ = items[completion.prompt_index]
             group = groups[completion.prompt_index]
-            rollout = self._rollout(note, sentences, mode, completion, version, params,
-                                    group_ids[completion.prompt_index], len(group))
-            group.append(rollout)
+            group.rollouts.append(self._rollout(group, sentences, completion, params, len(group.rollouts)))
             metrics.ROLLOUTS.labels(MODE_NAMES[mode], str(version)).inc()
         return groups
 
-    def _rollout(self, note: pb.Note, sentences, mode: int, completion: Completion, version: int,
-                 params: GenerationParams, group_id: str, index: int) -> pb.Rollout:
+    def _rollout(self, group: pb.RolloutGroup, sentences, completion: Completion, params: GenerationParams,
+                 index: int) -> pb.Rollout:
         rollout = pb.Rollout(
-            rollout_id=f"{group_id}-{index}",
-            seed_note_id=note.note_id,
-            group_id=group_id,
-            mode=mode,
-            policy_version=version,
+            rollout_id=f"{group.group_id}-{index}",
+            seed_note_id=group.seed_note_id,
+            group_id=group.group_id,
+            mode=group.mode,
+            policy_version=group.policy_version,
             prompt_token_ids=completion.prompt_token_ids,
             completion_token_ids=completion.token_ids,
             behaviour_logprobs=completion.logprobs,
@@ -285,24 +335,24 @@ class InjectorService(Service):
                                        max_new_tokens=params.max_new_tokens, n=params.n, seed=params.seed or 0),
             completion_text=completion.text,
             changed_sentence_id=-1,
-            created_unix_ms=int(time.time() * 1000),
+            created_unix_ms=group.created_unix_ms,
         )
-        rollout.seed_note.CopyFrom(note)
         edit = formats.parse_injector_edit(completion.text)
         modified = formats.apply_edit(sentences, edit) if isinstance(edit, formats.InjectorEdit) else edit
         if isinstance(modified, formats.ParseFailure):
-            rollout.reward.CopyFrom(gate_reward(parsed=False, verified=True))
+            rollout.parse_error = modified.reason[:300] or "unparseable"
             return rollout
         rollout.changed_sentence_id = edit.sentence_id
         rollout.claimed_error_type = edit.error_type or ""
-        rollout.modified_note.CopyFrom(make_note(rollout.rollout_id, modified, source="injector", split=note.split))
+        rollout.modified_note.CopyFrom(make_note(rollout.rollout_id, modified, source="injector",
+                                                 split=group.seed_note.split))
         return rollout
 
     # --- stream handlers ------------------------------------------------------------------------
-    def _handle_seeds(self, notes: list[pb.Note]) -> list:
+    def _handle_seeds(self, notes: list[pb.Note], records: list[Record]) -> list:
         results: list = [None] * len(notes)
         items, positions = [], []
-        for i, note in enumerate(notes):
+        for i, (note, record) in enumerate(zip(notes, records, strict=True)):
             try:
                 if not note.note_id:
                     raise InvalidNote("note_id is empty")
@@ -310,7 +360,7 @@ class InjectorService(Service):
             except InvalidNote as exc:
                 results[i] = InvalidInput(f"seed note: {exc}")
                 continue
-            items.append((note, sentences, self.choose_mode(note)))
+            items.append((note, sentences, self.choose_mode(note), record))
             positions.append(i)
         if items:
             try:
@@ -319,14 +369,16 @@ class InjectorService(Service):
                 for i in positions:
                     results[i] = exc
                 return results
-            self.policy.admit(sum(len(g) for g in groups))
+            self.policy.admit(len(groups))
             for i, group in zip(positions, groups, strict=True):
-                results[i] = [Output(self.topic(ROLLOUTS_GENERATED), r.group_id, r) for r in group]
+                results[i] = [Output(self.topic(ROLLOUTS_GENERATED), group.group_id, group)]
         return results
 
     def _handle_updates(self, updates: list[pb.PolicyUpdate]) -> list:
-        """Load only the newest version of a batch; older ones are superseded."""
+        """Account every update; load only the newest version of a batch (older ones are superseded)."""
         results: list = [[] for _ in updates]
+        for update in updates:
+            self.policy.account(update)
         newest = max(range(len(updates)), key=lambda i: updates[i].version, default=None)
         if newest is None:
             return results
@@ -344,21 +396,22 @@ class InjectorService(Service):
                             "medserl.v1.Injector")]
 
     def topics(self):
-        return [self.topic(NOTES_SEED), self.topic(ROLLOUTS_GENERATED), self.topic(POLICY_UPDATES), self.topic(DEAD_LETTER)]
+        return [self.topic(NOTES_SEED), self.topic(ROLLOUTS_GENERATED), self.topic(POLICY_UPDATES),
+                self.topic(DEAD_LETTER)]
 
     def workers(self):
         s = self.settings
         self._seed_worker = AdmissionWorker(
-            policy=self.policy, group_size=s.group_size,
-            service=self.name, bus=self.bus, topics=[self.topic(NOTES_SEED)], group_id=s.group_id or f"medserl-{self.name}",
-            message_type=pb.Note, handler=self._handle_seeds, max_batch=s.max_batch,
-            poll_timeout_s=s.poll_timeout_s, dead_letter_topic=self.topic(DEAD_LETTER), max_attempts=s.max_attempts,
+            policy=self.policy, service=self.name, bus=self.bus, topics=[self.topic(NOTES_SEED)],
+            group_id=s.group_id or f"medserl-{self.name}", message_type=pb.Note, handler=self._handle_seeds,
+            with_records=True, max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s,
+            dead_letter_topic=self.topic(DEAD_LETTER), max_attempts=s.max_attempts,
         )
-        # every injector replica must see every policy update: a group of its own
+        # every injector replica must see every policy update: a group of its own, from the start
         updates = StreamWorker(
             service=self.name, bus=self.bus, topics=[self.topic(POLICY_UPDATES)],
             group_id=f"medserl-{self.name}-policy-{self._instance}", message_type=pb.PolicyUpdate,
-            handler=self._handle_updates, max_batch=64, poll_timeout_s=s.poll_timeout_s,
+            handler=self._handle_updates, max_batch=1000, poll_timeout_s=s.poll_timeout_s,
             dead_letter_topic=self.topic(DEAD_LETTER), max_attempts=1,
         )
         return [updates, self._seed_worker]

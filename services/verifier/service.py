@@ -1,12 +1,10 @@
-"""The verifier service: gRPC ``medserl.v1.Verifier`` and two Kafka workers.
+"""The verifier service: gRPC ``medserl.v1.Verifier`` and a Kafka worker for RL rollouts.
 
-* ``sft.candidates`` (SftExample) -> ``sft.verified`` | ``sft.rejected``, the report in ``verification``.
-* ``rollouts.generated`` (Rollout):
-  - the injector could not parse its own completion (``reward.outcome == "unparseable"``): forwarded
-    unchanged as a ScoredRollout to ``rollouts.scored`` (the learner must still see it);
-  - verified: ``rollouts.verified`` with ``verification`` set (on to the assessor);
-  - rejected: ``verification`` set, ``reward = gate_reward(parsed=True, verified=False)`` and
-    published as a ScoredRollout to ``rollouts.scored`` (skips the assessor).
+* ``Verify`` / ``VerifyMany``: any example (an SFT example or a rollout, in any mode) over gRPC. SFT
+  examples are verified by the generator itself, a library call to :func:`verify`, never over Kafka.
+* ``rollouts.generated`` (RolloutGroup) -> ``rollouts.verified`` (the same group, whole): every
+  parsed rollout gets its ``verification`` report; an unparsed one (``parse_error`` set) passes
+  through untouched. The verifier never scores: the reward is the assessor's (services/common/reward.py).
 
 Bad input (empty note, an oversized note, invalid UTF-8, ids out of range, a note with no sentences,
 an unknown mode) is INVALID_ARGUMENT with the reason over gRPC and a dead letter with the reason over
@@ -30,7 +28,6 @@ from services.common import metrics, topics
 from services.common.bus import Bus
 from services.common.notes import InvalidNote
 from services.common.notes import note_sentences as common_note_sentences
-from services.common.reward import UNPARSEABLE, gate_reward
 from services.common.runtime import GrpcBinding, Service
 from services.common.settings import ServiceSettings
 from services.common.worker import InvalidInput, Output, StreamWorker, per_message
@@ -49,8 +46,6 @@ SERVICE_NAME = "medserl.v1.Verifier"
 class VerifierSettings(ServiceSettings):
     grpc_port: int = 50052
     metrics_port: int = 9102
-    # prepared pairs.jsonl: lets medec_incorrect examples be checked byte-for-byte against MEDEC
-    pairs_path: str = ""
 
 
 def note_sentences(note: pb.Note, what: str) -> list[tuple[int, str]]:
@@ -80,36 +75,15 @@ def _observe(result: VerificationResult, seconds: float) -> None:
         metrics.VERIFIER_CHECK_FAILURES.labels(result.mode, check.name).inc()
 
 
-class PairIndex:
-    """MEDEC incorrect notes by pair id, from a prepared pairs.jsonl (optional)."""
-
-    def __init__(self, path: str = ""):
-        self.by_pair: dict[str, list[tuple[int, str]]] = {}
-        if path:
-            from medec.prepare import load_pairs_jsonl
-
-            for record in load_pairs_jsonl(path):
-                self.by_pair[record.pair_id] = record.incorrect_sentences
-            log.info("loaded MEDEC pairs for byte checks", extra={"pairs": len(self.by_pair)})
-
-    def get(self, pair_id: str) -> list[tuple[int, str]] | None:
-        return self.by_pair.get(pair_id)
-
-
 class VerifierCore:
     """Turns protobuf requests into :func:`verify` calls and records metrics. No transport here."""
 
-    def __init__(self, pairs: PairIndex | None = None):
-        self.pairs = pairs or PairIndex()
-
     def run(self, mode: str, original: pb.Note, modified: pb.Note, *, error_sentence_id: int | None = None,
-            claimed_error_type: str | None = None, reasoning: dict | None = None,
-            pair_id: str = "") -> VerificationResult:
+            claimed_error_type: str | None = None, reasoning: dict | None = None) -> VerificationResult:
         started = time.perf_counter()
         result = verify(mode, note_sentences(original, "original"), note_sentences(modified, "modified"),
                         error_sentence_id=error_sentence_id, claimed_error_type=claimed_error_type,
-                        reasoning=reasoning,
-                        medec_reference=self.pairs.get(pair_id) if mode == "medec_incorrect" and pair_id else None)
+                        reasoning=reasoning)
         _observe(result, time.perf_counter() - started)
         return result
 
@@ -127,44 +101,36 @@ class VerifierCore:
         return result.to_proto(request.id)
 
     # --- Kafka handlers ----------------------------------------------------------------------
-    def sft_example(self, example: pb.SftExample, out_verified: str, out_rejected: str) -> list[Output]:
-        mode = PROTO_TO_MODE.get(example.mode) or {"CORRECT": "paraphrase", "INCORRECT": "medec_incorrect"}.get(
-            example.kind.upper())
+    def rollout_group(self, group: pb.RolloutGroup, out_verified: str) -> list[Output]:
+        """Annotate every parsed rollout of the group and forward the whole group."""
+        if not group.group_id or not group.rollouts:
+            raise InvalidInput("rollout group without a group_id or without rollouts")
+        mode = {pb.MODE_INJECT: "inject", pb.MODE_PARAPHRASE: "paraphrase"}.get(group.mode)
         if mode is None:
-            raise InvalidInput(f"SftExample {example.example_id!r}: no mode and kind {example.kind!r} is not "
-                               "CORRECT or INCORRECT")
+            raise InvalidInput(f"group {group.group_id!r}: mode {group.mode} is not inject or paraphrase")
+        checked = pb.RolloutGroup()
+        checked.CopyFrom(group)
         try:
-            result = self.run(mode, example.original, example.modified,
-                              error_sentence_id=example.changed_sentence_id,
-                              claimed_error_type=example.error_type or None,
-                              reasoning=_reasoning(example.reasoning_json), pair_id=example.pair_id)
+            original = note_sentences(group.seed_note, "original")
         except VerifyInputError as exc:
-            raise InvalidInput(f"SftExample {example.example_id!r}: {exc}") from None
-        verified = pb.SftExample()
-        verified.CopyFrom(example)
-        verified.verification.CopyFrom(result.to_proto(example.example_id))
-        return [Output(out_verified if result.passed else out_rejected, example.example_id, verified)]
-
-    def rollout(self, rollout: pb.Rollout, out_verified: str, out_scored: str) -> list[Output]:
-        if rollout.reward.outcome == UNPARSEABLE:
-            return [Output(out_scored, rollout.rollout_id, pb.ScoredRollout(rollout=rollout))]
-        modes = {pb.MODE_INJECT: "inject", pb.MODE_PARAPHRASE: "paraphrase"}
-        mode = modes.get(rollout.mode)
-        if mode is None:
-            raise InvalidInput(f"rollout {rollout.rollout_id!r}: mode {rollout.mode} is not inject or paraphrase")
-        try:
-            result = self.run(mode, rollout.seed_note, rollout.modified_note,
-                              error_sentence_id=rollout.changed_sentence_id,
-                              claimed_error_type=(rollout.claimed_error_type or None) if mode == "inject" else None)
-        except VerifyInputError as exc:
-            raise InvalidInput(f"rollout {rollout.rollout_id!r}: {exc}") from None
-        checked = pb.Rollout()
-        checked.CopyFrom(rollout)
-        checked.verification.CopyFrom(result.to_proto(rollout.rollout_id, rollout.mode))
-        if result.passed:
-            return [Output(out_verified, rollout.rollout_id, checked)]
-        checked.reward.CopyFrom(gate_reward(parsed=True, verified=False))
-        return [Output(out_scored, rollout.rollout_id, pb.ScoredRollout(rollout=checked))]
+            raise InvalidInput(f"group {group.group_id!r}: {exc}") from None
+        for rollout in checked.rollouts:
+            if rollout.parse_error:
+                continue
+            started = time.perf_counter()
+            try:
+                result = verify(mode, original, note_sentences(rollout.modified_note, "modified"),
+                                error_sentence_id=rollout.changed_sentence_id,
+                                claimed_error_type=(rollout.claimed_error_type or None) if mode == "inject" else None)
+            except VerifyInputError as exc:  # the edit itself is unusable: a failed check, not a lost group
+                report = pb.VerificationReport(subject_id=rollout.rollout_id, mode=group.mode, passed=False,
+                                               checks=[pb.Check(name="verifier_input", passed=False,
+                                                                detail=str(exc)[:300])])
+                rollout.verification.CopyFrom(report)
+                continue
+            _observe(result, time.perf_counter() - started)
+            rollout.verification.CopyFrom(result.to_proto(rollout.rollout_id, group.mode))
+        return [Output(out_verified, group.group_id, checked)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +197,7 @@ def add_verifier_to_server(servicer: VerifierServicer, server: grpc.Server) -> N
 # --------------------------------------------------------------------------------------------
 
 class VerifierService(Service):
-    """Checks SFT candidates and RL rollouts; answers Verify/VerifyMany."""
+    """Gates RL rollouts over Kafka; answers Verify/VerifyMany for any example."""
 
     name = "verifier"
     settings_cls = VerifierSettings
@@ -241,11 +207,10 @@ class VerifierService(Service):
         from services.verifier.lexicons import get_lexicon
 
         get_lexicon()  # load (or build and cache) the lexicons now, not on the first request
-        self.core = VerifierCore(PairIndex(settings.pairs_path))
+        self.core = VerifierCore()
 
     def topics(self) -> Sequence[str]:
-        return [self.topic(t) for t in (topics.SFT_CANDIDATES, topics.SFT_VERIFIED, topics.SFT_REJECTED,
-                                        topics.ROLLOUTS_GENERATED, topics.ROLLOUTS_VERIFIED, topics.ROLLOUTS_SCORED,
+        return [self.topic(t) for t in (topics.ROLLOUTS_GENERATED, topics.ROLLOUTS_VERIFIED,
                                         topics.DEAD_LETTER)]
 
     def grpc_bindings(self) -> Sequence[GrpcBinding]:
@@ -256,14 +221,11 @@ class VerifierService(Service):
         group = s.group_id or "medserl-verifier"
         common = dict(service=self.name, bus=self.bus, max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_s,
                       max_attempts=s.max_attempts, dead_letter_topic=self.topic(topics.DEAD_LETTER))
-        sft_verified, sft_rejected = self.topic(topics.SFT_VERIFIED), self.topic(topics.SFT_REJECTED)
-        ro_verified, ro_scored = self.topic(topics.ROLLOUTS_VERIFIED), self.topic(topics.ROLLOUTS_SCORED)
+        ro_verified = self.topic(topics.ROLLOUTS_VERIFIED)
         return [
-            StreamWorker(topics=[self.topic(topics.SFT_CANDIDATES)], group_id=f"{group}-sft", message_type=pb.SftExample,
-                         handler=per_message(lambda m: self.core.sft_example(m, sft_verified, sft_rejected)),
-                         message_id=lambda m: m.example_id, **common),
             StreamWorker(topics=[self.topic(topics.ROLLOUTS_GENERATED)], group_id=f"{group}-rollouts",
-                         message_type=pb.Rollout,
-                         handler=per_message(lambda m: self.core.rollout(m, ro_verified, ro_scored)),
-                         message_id=lambda m: m.rollout_id, **common),
+                         message_type=pb.RolloutGroup,
+                         # no skip by id here: a duplicate group flows on to the learner, which drops it
+                         # durably and counts it (the injector's admission budget relies on that count)
+                         handler=per_message(lambda m: self.core.rollout_group(m, ro_verified)), **common),
         ]
