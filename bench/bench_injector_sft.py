@@ -58,7 +58,7 @@ class Tally:
 
 def _reason_kind(reason: str) -> str:
     """A parse-failure reason without the quoted model output (which may quote note text)."""
-    for cut in (":", " ("):
+    for cut in (":", " (", " '", ' "', ";"):
         if cut in reason:
             reason = reason.split(cut, 1)[0]
     words = reason.split()

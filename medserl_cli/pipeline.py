@@ -30,9 +30,10 @@ class PipelineConfig:
     max_note_chars: int = 600  # the CPU demo learns on short notes (shorter chats: faster steps, faster learning)
     sft_pairs: int = 80  # MEDEC pairs -> 2 SFT examples each (CORRECT + INCORRECT)
     sft_epochs: float = 6.0  # ~200 steps: where the tiny model starts writing parseable answers
-    rl_seed_notes: int = 32
-    rl_updates: int = 3
-    rl_rollouts_per_update: int = 16
+    rl_seed_notes: int = 200  # distinct rl_train notes, cycled as the injector drains them
+    rl_updates: int = 16
+    rl_rollouts_per_update: int = 32
+    eval_seed_notes: int = 24  # held-out (eval split) seed notes for the injector evaluation
     rl_group_size: int = 4
     rl_learning_rate: float = 1e-4
     rl_max_new_tokens: int = 96
@@ -137,80 +138,41 @@ def _seed_notes(rl_train_path: str, limit: int, max_chars: int):
 
     notes = []
     for pair in short_pairs(rl_train_path, max_chars)[:limit]:
-        notes.append(pb.Note(note_id=pair.note_id, text=pair.correct_note, split="rl_train", source=pair.source,
+        notes.append(pb.Note(note_id=pair.note_id, text=pair.correct_note, split=pair.split, source=pair.source,
                              sentences=[pb.Sentence(id=i, text=s) for i, s in pair.correct_sentences]))
     return notes
 
 
 def stage_rl(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict:
     """Self-play on the in-memory bus with the same services that run on Kafka in production."""
-    from tqdm import tqdm
+    from medserl_cli.selfplay import SelfPlayConfig, run_selfplay
 
-    from medserl.v1 import messages_pb2 as pb
-    from services.assessor.service import AssessorService, AssessorSettings
-    from services.common.bus import MemoryBus
-    from services.common.runtime import ServiceRuntime
-    from services.common.topics import ALL_TOPICS, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_SCORED
-    from services.injector.service import InjectorService, InjectorSettings
-    from services.verifier.service import VerifierService, VerifierSettings
-    from trainer.service import TrainerService, TrainerSettings
-
-    bus = MemoryBus()
-    bus.ensure_topics(list(ALL_TOPICS))
-    model = sft["save_path"]
-    common = {"bus": "memory", "grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_port": -1, "poll_timeout_s": 0.2}
-    services = [
-        VerifierService(VerifierSettings(**common), bus),
-        AssessorService(AssessorSettings(**common, model=model, max_batch_size=16), bus),
-        InjectorService(InjectorSettings(**common, model=model, group_size=config.rl_group_size, max_batch=4,
-                                         max_new_tokens=config.rl_max_new_tokens, seed=config.seed,
-                                         learner_batch_rollouts=config.rl_rollouts_per_update, max_staleness=1), bus),
-        TrainerService(TrainerSettings(**common, model_name=model, checkpoint_dir=str(out / "models" / "rl"), lora=False,
-                                       rollouts_per_update=config.rl_rollouts_per_update,
-                                       learning_rate=config.rl_learning_rate, max_updates=config.rl_updates,
-                                       micro_batch_size=4, seed=config.seed), bus),
-    ]
-    runtimes = [ServiceRuntime(s).start() for s in services]
-    watcher = bus.consumer([ROLLOUTS_SCORED, POLICY_UPDATES], "pipeline-report")
-    producer = bus.producer()
     seeds = _seed_notes(data["paths"]["rl_train"], config.rl_seed_notes, config.max_note_chars)
-    for note in seeds:
-        producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
-    scored: dict[str, dict] = {}
-    updates: list[dict] = []
-    deadline = time.monotonic() + config.rl_timeout_s
-    timed_out = False
-    try:
-        with tqdm(total=config.rl_updates, desc="RL policy versions", unit="version", disable=not config.progress) as bar:
-            while len(updates) < config.rl_updates:
-                if time.monotonic() > deadline:
-                    timed_out = True
-                    break
-                if any(rt.failed for rt in runtimes):
-                    raise RuntimeError("a service failed during self-play; see the log above")
-                for record in watcher.poll(0.5, 500):
-                    if record.topic == POLICY_UPDATES:
-                        update = pb.PolicyUpdate.FromString(record.value)
-                        updates.append({"version": update.version, "uri": update.checkpoint_uri})
-                        bar.update(1)
-                        continue
-                    rollout = pb.ScoredRollout.FromString(record.value).rollout
-                    scored[rollout.rollout_id] = {
-                        "mode": pb.Mode.Name(rollout.mode), "version": rollout.policy_version,
-                        "reward": rollout.reward.total, "outcome": rollout.reward.outcome,
-                        "verified": rollout.verification.passed,
-                        "failed_checks": [c.name for c in rollout.verification.checks if not c.passed],
-                        "flag": rollout.verdict.error_flag, "p_flag": rollout.verdict.flag_probability,
-                    }
-                    bar.set_postfix(rollouts=len(scored))
-    finally:
-        watcher.close()
-        for runtime in reversed(runtimes):
-            runtime.shutdown()
-    history = services[-1].loop.history
-    (out / "rl_rollouts.jsonl").write_text("".join(json.dumps({"id": k, **v}) + "\n" for k, v in scored.items()))
-    return {"seed_notes": len(seeds), "rollouts": len(scored), "updates": updates, "history": history,
-            "timed_out": timed_out, "rollouts_file": str(out / "rl_rollouts.jsonl")}
+    selfplay = SelfPlayConfig(policy=sft["save_path"], checkpoint_dir=str(out / "models" / "rl"),
+                              versions=config.rl_updates, rollouts_per_update=config.rl_rollouts_per_update,
+                              group_size=config.rl_group_size, max_new_tokens=config.rl_max_new_tokens,
+                              learning_rate=config.rl_learning_rate, seed=config.seed, timeout_s=config.rl_timeout_s,
+                              progress=config.progress)
+    return run_selfplay(selfplay, seeds, out)
+
+
+def stage_injector_eval(config: PipelineConfig, out: Path, sft: dict, rl: dict, data: dict) -> dict | None:
+    """v0 (the SFT policy) against the final version on held-out seeds, same seeds, same sampling."""
+    from medserl_cli.selfplay import evaluate_injector
+
+    if not rl.get("final_policy"):
+        return None
+    held_out = _seed_notes(data["paths"]["eval"], config.eval_seed_notes, config.max_note_chars)
+    if not held_out:
+        return None
+    results = {}
+    for label, policy in (("v0 (SFT)", sft["save_path"]), (f"v{rl['updates'][-1]['version']} (final)",
+                                                            rl["final_policy"])):
+        results[label] = evaluate_injector(policy, sft["save_path"], held_out, samples=config.rl_group_size,
+                                           seed=config.seed + 1000, max_new_tokens=config.rl_max_new_tokens,
+                                           label=label)
+    (out / "injector_eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    return {"held_out_seeds": len(held_out), "results": results}
 
 
 def stage_eval(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict | None:
@@ -249,12 +211,40 @@ def run_pipeline(config: PipelineConfig) -> dict:
         results["tiny_model"] = stage_tiny_model(config, out, results["data"])
     with stage("4/6 SFT", seconds):
         results["sft"] = stage_sft(config, out, results["tiny_model"])
-    with stage("5/6 RL self-play (verifier, injector, assessor, learner on the in-memory bus)", seconds):
+    with stage("5/7 RL self-play (verifier, injector, assessor, learner on the in-memory bus)", seconds):
         results["rl"] = stage_rl(config, out, results["sft"], results["data"])
-    with stage("6/6 MEDIQA-CORR evaluation of the frozen assessor", seconds):
+    with stage("6/7 injector evaluation on held-out seeds (v0 vs final)", seconds):
+        results["injector_eval"] = stage_injector_eval(config, out, results["sft"], results["rl"], results["data"])
+    with stage("7/7 MEDIQA-CORR evaluation of the frozen assessor", seconds):
         results["eval"] = stage_eval(config, out, results["sft"], results["data"])
     results["stage_seconds"] = seconds
     (out / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     report = write_report(results, out)
-    print(f"\nreport: {report}")
+    for line in headline(results):
+        print(line)
+    print(f"report: {report}")
     return results
+
+
+def headline(results: dict) -> list[str]:
+    """The numbers a user wants at the end of the terminal: did self-play learn?"""
+    rl = results.get("rl") or {}
+    history = rl.get("history") or []
+    lines = ["", "== headline"]
+    if history:
+        first, last = history[0], history[-1]
+        lines.append(f"   RL: {rl.get('rollouts')} scored rollouts, {len(rl.get('updates', []))} policy versions; "
+                     f"batch reward {first['reward_total']:+.2f} (v{first['version']}) -> {last['reward_total']:+.2f} "
+                     f"(v{last['version']}); valid edits {first['valid_rate']:.0%} -> {last['valid_rate']:.0%}; "
+                     f"fool rate {first['fool_rate']:.0%} -> {last['fool_rate']:.0%}")
+    ev = (results.get("injector_eval") or {}).get("results") or {}
+    if len(ev) == 2:
+        (l0, v0), (l1, v1) = ev.items()
+        lines.append(f"   held-out seeds: reward {v0['mean_reward']:+.2f} -> {v1['mean_reward']:+.2f}, "
+                     f"valid {v0['valid_rate']:.0%} -> {v1['valid_rate']:.0%}, "
+                     f"fool rate {v0['fool_rate']:.0%} -> {v1['fool_rate']:.0%}  ({l0} vs {l1})")
+    ev_a = results.get("eval") or {}
+    if ev_a.get("assessor"):
+        lines.append(f"   frozen assessor on MEDEC test ({ev_a['notes']} notes): flag accuracy "
+                     f"{ev_a['assessor'].get('error_flag_accuracy', float('nan')):.3f}")
+    return lines

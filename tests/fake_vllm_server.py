@@ -48,6 +48,7 @@ class FakeVllmState:
     calls: list[Recorded] = field(default_factory=list)
     adapters: dict[str, str] = field(default_factory=dict)  # lora_name -> lora_path
     failures: list[int] = field(default_factory=list)
+    null_logprobs: int = 0  # the next N completion calls return a null log-prob (a real vLLM edge case)
     lock: threading.Lock = field(default_factory=threading.Lock)
     tokenizer: Any = None
     backend: Any = None
@@ -123,6 +124,11 @@ class FakeVllmServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def restart(self) -> None:
+        """What a model-server restart does to runtime state: every loaded LoRA adapter is gone."""
+        with self.state.lock:
+            self.state.adapters.clear()
+
     def fail_next(self, status: int = 500, times: int = 1) -> None:
         with self.state.lock:
             self.state.failures.extend([status] * times)
@@ -176,6 +182,8 @@ def _completions(state: FakeVllmState, body: dict) -> tuple[int, Any]:
     rng = random.Random(body.get("seed"))
     tokenizer = state.tokenizer
     choices = []
+    nulls = state.null_logprobs > 0
+    state.null_logprobs = max(0, state.null_logprobs - 1)
     for p_index, prompt_ids in enumerate(prompts):
         samples = _samples(state, prompt_ids, model, n, max_tokens, body, rng)
         for s_index, (ids, lps, finish) in enumerate(samples):
@@ -186,6 +194,8 @@ def _completions(state: FakeVllmState, body: dict) -> tuple[int, Any]:
                 "finish_reason": finish,
                 "stop_reason": None,
             }
+            if k is not None and nulls and s_index == 0:
+                lps = [None, *lps[1:]]
             if k is not None:
                 choice["logprobs"] = {
                     "tokens": [name(t) for t in ids],

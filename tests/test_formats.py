@@ -72,10 +72,65 @@ def test_every_record_round_trips_for_both_roles(sft_set):
         edit = parse_injector_edit(injector_chat[-1]["content"])
         assert edit == formats.injector_target(record), record["id"]
         assert edit.error_type == (record["error_type"] if record["kind"] == "INCORRECT" else None)
-        # the parsed edit applied to the injector's input gives exactly the note the assessor sees
-        assert apply_edit(source, edit) == note, record["id"]
+        assert edit.is_span and edit.old and edit.new, record["id"]
+        # the parsed edit applied to the injector's input gives the note the assessor sees (up to the
+        # line breaks MEDEC has inside a few sentences: the prompt shows each sentence on one line)
+        applied = apply_edit(source, edit)
+        assert [(i, formats.one_line(t)) for i, t in applied] == [(i, formats.one_line(t)) for i, t in note]
+        assert [t for i, t in applied if i != edit.sentence_id] == [t for i, t in source if i != edit.sentence_id]
+        assert formats.resolve_edit(source, edit).new_sentence == dict(applied)[edit.sentence_id]
         mode = "inject" if record["kind"] == "INCORRECT" else "paraphrase"
         assert injector_chat[1]["content"].startswith(f"Mode: {mode}\n")
+
+
+def test_span_edits_are_short_and_copy_words_of_the_shown_sentence(sft_set):
+    """The point of format v2: the injector names a few words of the sentence, not the sentence."""
+    old_words, sentence_words, whole = [], [], 0
+    for record in sft_set:
+        edit = formats.injector_target(record)
+        shown = formats.one_line(dict(tuple(s) for s in record["source_sentences"])[edit.sentence_id])
+        assert edit.old in shown, record["id"]
+        assert formats.locate_span(shown, edit.old)[0] == shown.find(edit.old) or edit.old == shown
+        old_words.append(len(edit.old.split()))
+        sentence_words.append(len(shown.split()))
+        whole += edit.old == shown
+    assert sorted(old_words)[len(old_words) // 2] <= 2  # median: a word or two
+    assert sum(old_words) < 0.25 * sum(sentence_words)
+    assert whole < 0.15 * len(sft_set)  # whole-sentence spans: one-word sentences, MEDEC rewrites
+
+
+def test_span_edit_on_a_medec_error_pair(sft_set):
+    record = next(r for r in sft_set if r["kind"] == "INCORRECT" and r["error_type"] == "pharmacotherapy"
+                  and len(formats.injector_target(r).old.split()) == 1)
+    edit = formats.injector_target(record)
+    text = render_injector_edit(edit)
+    lines = text.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == ["sentence_id", "old", "new", "error_type", "reasoning"]
+    assert lines[1] == f"old: {edit.old}" and lines[2] == f"new: {edit.new}"
+    source = [tuple(s) for s in record["source_sentences"]]
+    assert dict(apply_edit(source, edit))[edit.sentence_id] == formats.one_line(record["new_sentence"])
+
+
+def test_span_matching_rules():
+    sentence = "The patient shows a rash; this shows that the rash is new."
+    assert formats.locate_span(sentence, "shows") == (12, 17)  # the first whole-word match
+    assert formats.locate_span(sentence, "rash  is\nnew.") == (44, 56)  # any whitespace between words
+    assert formats.locate_span(sentence, "atien") == (5, 10)  # inside a word when no whole word matches
+    assert formats.locate_span(sentence, "THE PATIENT") == (0, 11)  # case-folded as a last resort
+    assert formats.locate_span(sentence, "eczema") is None and formats.locate_span(sentence, " ") is None
+    note = [(0, "Intro."), (1, sentence)]
+    edit = InjectorEdit(1, None, "diagnosis", old="a rash", new="urticaria")
+    assert apply_edit(note, edit) == [(0, "Intro."), (1, "The patient shows urticaria; this shows that the rash is new.")]
+    deletion = apply_edit(note, InjectorEdit(1, None, "diagnosis", old="that the rash is new", new=""))
+    assert deletion[1] == (1, "The patient shows a rash; this shows.")
+    missing = apply_edit(note, InjectorEdit(1, None, None, old="eczema", new="psoriasis"))
+    assert isinstance(missing, ParseFailure) and "not in sentence 1" in missing.reason
+    # the shortest span that rebuilds the new sentence, widened until its first match is the change
+    assert formats.span_edit(sentence, sentence.replace("is new", "is old")) == ("new.", "old.")
+    assert formats.span_edit("The rash is a rash.", "The rash is a hive.") == ("rash.", "hive.")
+    assert formats.span_edit("It shows X and shows Y.", "It shows X and reveals Y.") == ("shows Y.", "reveals Y.")
+    assert formats.span_edit("A rash.", "A new rash.") == ("A", "A new")  # an insertion keeps a word
+    assert formats.span_edit("No fever today.", "Fever today.") == ("No fever", "Fever")
 
 
 def test_reasoning_is_one_short_line(sft_set):
@@ -111,9 +166,13 @@ def test_render_parse_round_trip_values():
     for out in cases:
         assert parse_assessor_output(render_assessor_output(out), num_sentences=13) == out
     edits = [
+        InjectorEdit(3, None, "management", "changed the plan: x = y", old="120/80 mm Hg;", new="90/60 mm Hg;"),
+        InjectorEdit(0, None, None, "", old="The patient", new="This patient"),
+        InjectorEdit(7, None, "causalOrganism", "reasoning: nested key", old="organism: E. coli", new="organism: x"),
+        InjectorEdit(2, None, "diagnosis", "", old="not", new=""),  # a deletion
+        # the sentence form (format v1, the generator's paraphrases) still renders and parses
         InjectorEdit(3, "BP is 120/80 mm Hg; HR 72/min.", "management", "changed the plan: x = y"),
         InjectorEdit(0, "Of note, the patient is well.", None, ""),
-        InjectorEdit(7, "Causal organism: Staphylococcus aureus.", "causalOrganism", "reasoning: nested key"),
     ]
     for edit in edits:
         assert parse_injector_edit(render_injector_edit(edit)) == edit
@@ -145,6 +204,13 @@ def test_model_style_variations_parse():
         "<think>hmm</think>\nsentence_id: 1\nnew_sentence: x y.\nerror_type: Pharmacotherapy\n"
     )
     assert edit == InjectorEdit(1, "x y.", "pharmacotherapy", "")
+    span = InjectorEdit(1, None, "pharmacotherapy", "", old="x", new="y")
+    for text in (
+        "sentence_id: 1\nold: x\nnew: y\nerror_type: Pharmacotherapy",
+        "**sentence_id**: [1]\n**old**: `x`\n**new**: y\n**error_type**: pharmacotherapy.\n",
+        '{"sentence_id": 1, "old": "x", "new": "y", "error_type": "pharmacotherapy"}',
+    ):
+        assert parse_injector_edit(text) == span, text
 
 
 GARBAGE = [
@@ -166,6 +232,9 @@ GARBAGE = [
     "sentence_id: two\nnew_sentence: x\nerror_type: diagnosis",
     "sentence_id: 2\nnew_sentence:\nerror_type: diagnosis",
     "sentence_id: 2\nnew_sentence: x\nerror_type: spelling",
+    "sentence_id: 2\nold: x\nerror_type: diagnosis",  # no new line
+    "sentence_id: 2\nold:\nnew: y\nerror_type: diagnosis",  # nothing to replace
+    "sentence_id: 2\nold: x\nnew: y",  # truncated before error_type
     "```\n```",
     "<think></think>",
 ]
@@ -204,6 +273,8 @@ def test_random_text_never_raises():
         "error_sentence_id:",
         "sentence_id:",
         "new_sentence:",
+        "old:",
+        "new:",
         "error_type:",
         "<think>",
         "</think>",
@@ -225,9 +296,11 @@ def test_random_text_never_raises():
 def test_apply_edit_rejects_ids_not_in_the_note():
     note = [(0, "A."), (1, "B."), (2, "C.")]
     assert apply_edit(note, InjectorEdit(1, "B2.", None)) == [(0, "A."), (1, "B2."), (2, "C.")]
+    assert apply_edit(note, InjectorEdit(1, None, None, old="B.", new="B2.")) == [(0, "A."), (1, "B2."), (2, "C.")]
     for bad in (3, 99):
-        failure = apply_edit(note, InjectorEdit(bad, "X.", "diagnosis"))
-        assert isinstance(failure, ParseFailure) and str(bad) in failure.reason
+        for edit in (InjectorEdit(bad, "X.", "diagnosis"), InjectorEdit(bad, None, "diagnosis", old="A.", new="X.")):
+            failure = apply_edit(note, edit)
+            assert isinstance(failure, ParseFailure) and str(bad) in failure.reason
 
 
 def test_bad_arguments_are_errors_not_garbage_outputs():

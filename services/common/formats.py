@@ -26,20 +26,29 @@ and with no error::
     error_sentence_id: -1
     corrected_sentence: NA
 
-Injector (one edited sentence)::
+Injector (a span edit of one sentence)::
 
     sentence_id: 3
-    new_sentence: The patient was started on doxycycline.
+    old: amoxicillin
+    new: doxycycline
     error_type: pharmacotherapy
     reasoning: doxycycline is contraindicated in a child this young.
 
-``error_type`` is one of ``ERROR_TYPES`` or ``none`` (paraphrase mode); ``reasoning`` may be empty.
+``old`` is the exact words of sentence ``sentence_id`` to replace and ``new`` what replaces them
+(``apply_edit`` builds the new sentence; ``new`` may be empty to delete words). ``error_type`` is one
+of ``ERROR_TYPES`` or ``none`` (paraphrase mode); ``reasoning`` may be empty. The sentence form of
+format v1 (``new_sentence: <the whole new sentence>`` instead of ``old``/``new``) still parses and is
+what ``render_injector_edit`` writes for an edit built with a whole sentence.
 Values are single lines: a line break inside a value (MEDEC has a few corrected sentences with
 blank lines in them) is rendered as one space, and the SFT targets are normalised the same way.
 
-Why this layout: a 2-layer CPU model learns a fixed four-line key/value layout in a few hundred
-steps, and Qwen3-4B follows it reliably from the instructions alone; it needs no JSON escaping (notes
-are full of quotes and slashes), and a truncated output is detectable (a required line is missing).
+Why this layout: a 2-layer CPU model learns a fixed key/value layout in a few hundred steps, and
+Qwen3-4B follows it reliably from the instructions alone; it needs no JSON escaping (notes are full
+of quotes and slashes), and a truncated output is detectable (a required line is missing). Why a span
+and not the whole new sentence: a small model cannot copy a 25-token sentence reliably (a tiny CPU
+model trained on the sentence form wrote 48% parseable and 6% verifier-valid edits, mostly because
+the copied sentence ran on past its end); the words it changes are a few tokens, every other word of
+the sentence is kept by construction, as every other sentence of the note is.
 
 Parsers never raise: model garbage (empty, truncated, wrong ids, extra prose, Markdown bold or code
 fences, Qwen3 ``<think>...</think>`` blocks, a JSON object instead of lines) returns either a parsed
@@ -51,9 +60,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-FORMAT_VERSION = "medserl-format-v1"
+FORMAT_VERSION = "medserl-format-v2"  # v2: the injector writes a span edit
 
 ERROR_TYPES = ("diagnosis", "management", "treatment", "pharmacotherapy", "causalOrganism")
 MODES = ("paraphrase", "inject")
@@ -63,9 +72,10 @@ NA = "NA"  # MEDEC's "no corrected sentence"
 
 # keys of the output lines, in render order
 ASSESSOR_KEYS = ("error_flag", "error_sentence_id", "corrected_sentence")
-INJECTOR_KEYS = ("sentence_id", "new_sentence", "error_type", "reasoning")
+INJECTOR_KEYS = ("sentence_id", "old", "new", "error_type", "reasoning")
+SENTENCE_FORM_KEY = "new_sentence"  # format v1's whole-sentence edit, still accepted
 # strings a tokenizer should keep whole (the tiny model's BPE adds them to its training corpus)
-FORMAT_STRINGS = (*ASSESSOR_KEYS, *INJECTOR_KEYS, *ERROR_TYPES, NO_ERROR_TYPE, NA, *MODES)
+FORMAT_STRINGS = (*ASSESSOR_KEYS, *INJECTOR_KEYS, SENTENCE_FORM_KEY, *ERROR_TYPES, NO_ERROR_TYPE, NA, *MODES)
 
 MAX_REASONING_CHARS = 300
 
@@ -78,12 +88,24 @@ Sentences = Sequence[tuple[int, str]]
 
 @dataclass(frozen=True)
 class InjectorEdit:
-    """The injector's answer: replace sentence ``sentence_id`` with ``new_sentence``."""
+    """The injector's answer: one edit of sentence ``sentence_id``.
+
+    Two forms. A span edit (what the injector writes): replace the words ``old`` of the sentence with
+    ``new``; ``new_sentence`` is then None until ``resolve_edit`` computes it from the note. A
+    sentence edit (``old`` None; the generator's paraphrases, format v1): the sentence becomes
+    ``new_sentence``. ``apply_edit`` takes either.
+    """
 
     sentence_id: int
-    new_sentence: str
-    error_type: str | None  # None in paraphrase mode
+    new_sentence: str | None = None  # the whole new sentence (given, or computed by ``resolve_edit``)
+    error_type: str | None = None  # None in paraphrase mode
     reasoning: str = ""
+    old: str | None = None  # span edit: the exact words of the sentence to replace
+    new: str | None = None  # span edit: what replaces them ("" deletes them)
+
+    @property
+    def is_span(self) -> bool:
+        return self.old is not None
 
 
 @dataclass(frozen=True)
@@ -127,9 +149,10 @@ INJECTOR_SYSTEM = (
     "diagnosis and organism exactly; error_type is none.\n"
     "Mode inject: introduce one realistic, clinically significant error of type diagnosis, "
     "management, treatment, pharmacotherapy or causalOrganism that a careful reader could detect.\n"
-    "Answer with exactly four lines:\n"
+    "Answer with exactly five lines:\n"
     "sentence_id: the number of the sentence you changed\n"
-    "new_sentence: the full new sentence\n"
+    "old: the exact words of that sentence you replace, copied as they are\n"
+    "new: the words that replace them\n"
     "error_type: diagnosis, management, treatment, pharmacotherapy, causalOrganism or none\n"
     "reasoning: one short sentence on what you changed and why\n"
     "Write nothing else."
@@ -175,14 +198,14 @@ def render_assessor_output(out: AssessorOutput) -> str:
 
 
 def render_injector_edit(edit: InjectorEdit) -> str:
+    """The injector's answer lines: ``old``/``new`` for a span edit, ``new_sentence`` for a sentence edit."""
     error_type = edit.error_type or NO_ERROR_TYPE
     reasoning = one_line(edit.reasoning or "")
-    return (
-        f"sentence_id: {int(edit.sentence_id)}\n"
-        f"new_sentence: {one_line(edit.new_sentence)}\n"
-        f"error_type: {error_type}\n"
-        f"reasoning: {reasoning}".rstrip()
-    )
+    if edit.is_span:
+        change = f"old: {one_line(edit.old or '')}\nnew: {one_line(edit.new or '')}".rstrip()
+    else:
+        change = f"{SENTENCE_FORM_KEY}: {one_line(edit.new_sentence or '')}"
+    return f"sentence_id: {int(edit.sentence_id)}\n{change}\nerror_type: {error_type}\nreasoning: {reasoning}".rstrip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,17 +341,19 @@ def parse_injector_edit(text: str) -> InjectorEdit | ParseFailure:
 
 
 def _parse_injector(text: str) -> InjectorEdit | ParseFailure:
-    fields = _output_fields(text, INJECTOR_KEYS)
+    fields = _output_fields(text, (*INJECTOR_KEYS, SENTENCE_FORM_KEY))
     if isinstance(fields, ParseFailure):
         return fields
-    for key in ("sentence_id", "new_sentence", "error_type"):
+    span = "old" in fields or SENTENCE_FORM_KEY not in fields
+    for key in ("sentence_id", *(("old", "new") if span else (SENTENCE_FORM_KEY,)), "error_type"):
         if key not in fields:
             return ParseFailure(f"missing {key} line", text)
     sentence_id = _parse_int(fields["sentence_id"])
     if sentence_id is None or sentence_id < 0:
         return ParseFailure(f"sentence_id is not a sentence number: {fields['sentence_id'][:40]!r}", text)
-    new_sentence = fields["new_sentence"]
-    if not new_sentence:
+    if span and not fields["old"]:
+        return ParseFailure("old is empty (name the words to replace)", text)
+    if not span and not fields[SENTENCE_FORM_KEY]:
         return ParseFailure("new_sentence is empty", text)
     raw_type = fields["error_type"].strip().strip(".")
     if raw_type.lower() in _NONE_TYPES:
@@ -339,20 +364,114 @@ def _parse_injector(text: str) -> InjectorEdit | ParseFailure:
         return ParseFailure(
             f"unknown error_type {raw_type[:40]!r}; expected one of {ERROR_TYPES} or none", text
         )
-    return InjectorEdit(sentence_id, new_sentence, error_type, fields.get("reasoning", ""))
+    reasoning = fields.get("reasoning", "")
+    if span:
+        return InjectorEdit(sentence_id, None, error_type, reasoning, old=fields["old"], new=fields["new"])
+    return InjectorEdit(sentence_id, fields[SENTENCE_FORM_KEY], error_type, reasoning)
+
+
+def _span_pattern(words: Sequence[str], whole_words: bool, flags: int = 0) -> re.Pattern:
+    body = r"\s+".join(re.escape(w) for w in words)
+    return re.compile(rf"(?<!\S){body}(?!\S)" if whole_words else body, flags)
+
+
+def locate_span(sentence: str, old: str) -> tuple[int, int] | None:
+    """Where the words ``old`` are in ``sentence``: (start, end) characters, or None.
+
+    The first match of, in order: the same run of whole words (any whitespace between them, since the
+    prompt shows each sentence on one line), the same characters inside words, the same case-folded.
+    Deterministic, so the SFT target and the applied edit agree on which occurrence is meant.
+    """
+    words = old.split()
+    if not words:
+        return None
+    for whole, flags in ((True, 0), (False, 0), (False, re.IGNORECASE)):
+        match = _span_pattern(words, whole, flags).search(sentence)
+        if match:
+            return match.start(), match.end()
+    return None
+
+
+def _splice(sentence: str, start: int, end: int, new: str) -> str:
+    """``sentence`` with characters start..end replaced by ``new`` (a deletion leaves one space)."""
+    head, tail = sentence[:start], sentence[end:]
+    if new:
+        return head + new + tail
+    if head and tail and not head[-1].isspace() and not tail[0].isspace():
+        return head + tail
+    if not tail or tail[0] in ".,;:!?)":
+        return head.rstrip() + tail
+    return (head.rstrip() + " " + tail.lstrip()) if head.strip() else tail.lstrip()
+
+
+def resolve_edit(sentences: Sentences, edit: InjectorEdit) -> InjectorEdit | ParseFailure:
+    """The edit with ``new_sentence`` filled in from the note (a span edit applied to its sentence)."""
+    texts = {int(sid): str(text) for sid, text in sentences}
+    if edit.sentence_id not in texts:
+        return ParseFailure(
+            f"sentence_id {edit.sentence_id} is not in the note ({len(texts)} sentences)",
+            render_injector_edit(edit),
+        )
+    if not edit.is_span:
+        return edit
+    sentence = texts[edit.sentence_id]
+    where = locate_span(sentence, edit.old or "")
+    if where is None:
+        return ParseFailure(f"old words are not in sentence {edit.sentence_id}", render_injector_edit(edit))
+    return replace(edit, new_sentence=_splice(sentence, *where, one_line(edit.new or "")))
 
 
 def apply_edit(sentences: Sentences, edit: InjectorEdit) -> list[tuple[int, str]] | ParseFailure:
-    """The note with sentence ``edit.sentence_id`` replaced; ParseFailure when that id is not in it."""
-    ids = [int(sid) for sid, _ in sentences]
-    if edit.sentence_id not in ids:
-        return ParseFailure(
-            f"sentence_id {edit.sentence_id} is not in the note ({len(ids)} sentences)",
-            render_injector_edit(edit),
-        )
+    """The note with the edit applied to sentence ``edit.sentence_id`` (every other sentence as it
+    was); ParseFailure when that id is not in the note or a span edit's ``old`` words are not in it."""
+    resolved = resolve_edit(sentences, edit)
+    if isinstance(resolved, ParseFailure):
+        return resolved
     return [
-        (int(sid), edit.new_sentence if int(sid) == edit.sentence_id else text) for sid, text in sentences
+        (int(sid), resolved.new_sentence if int(sid) == edit.sentence_id else text) for sid, text in sentences
     ]
+
+
+def span_edit(before: str, after: str) -> tuple[str, str]:
+    """(old, new): the shortest run of whole words of ``before`` whose replacement gives ``after``.
+
+    Both are taken as the prompt shows them (one line). The run is widened by a word while ``old`` or
+    ``new`` would be empty (a pure insertion or deletion: a small model learns a field that always
+    holds words more easily) and until ``locate_span`` finds this occurrence first, so ``apply_edit``
+    rebuilds ``after`` from ``before``; when it still cannot (only spacing differs), the whole
+    sentence is the span.
+    """
+    before, after = one_line(before), one_line(after)
+    a = list(re.finditer(r"\S+", before))
+    b = list(re.finditer(r"\S+", after))
+    aw, bw = [m.group() for m in a], [m.group() for m in b]
+    prefix = 0
+    while prefix < min(len(aw), len(bw)) and aw[prefix] == bw[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < min(len(aw), len(bw)) - prefix and aw[-1 - suffix] == bw[-1 - suffix]:
+        suffix += 1
+    i, j, k, m = prefix, len(aw) - suffix, prefix, len(bw) - suffix
+
+    def span() -> tuple[str, str, int]:
+        old = before[a[i].start() : a[j - 1].end()] if j > i else ""
+        new = after[b[k].start() : b[m - 1].end()] if m > k else ""
+        return old, new, a[i].start() if j > i else -1
+
+    while True:
+        old, new, start = span()
+        where = locate_span(before, old) if old and new else None
+        if where is not None and where[0] == start:
+            break
+        if i > 0:
+            i, k = i - 1, k - 1
+        elif j < len(aw):
+            j, m = j + 1, m + 1
+        else:
+            return before, after
+    if before[: a[i].start()] + new + before[a[j - 1].end() :] != after:
+        return before, after
+    return old, new
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,14 +509,16 @@ def assessor_target(record: dict) -> AssessorOutput:
 
 
 def injector_target(record: dict) -> InjectorEdit:
-    """The edit an SFT record teaches (CORRECT: the safe paraphrase; INCORRECT: the MEDEC error)."""
+    """The span edit an SFT record teaches (CORRECT: the safe paraphrase; INCORRECT: the MEDEC error),
+    taken against the sentence the injector is shown (``source_sentences``)."""
     error_type = record.get("error_type") if record["kind"] == "INCORRECT" else None
-    return InjectorEdit(
-        int(record["changed_sentence_id"]),
-        one_line(str(record["new_sentence"])),
-        error_type or None,
-        short_reasoning(record.get("reasoning")),
-    )
+    sentence_id = int(record["changed_sentence_id"])
+    new_sentence = one_line(str(record["new_sentence"]))
+    source = {int(sid): str(text) for sid, text in record["source_sentences"]}
+    before = source.get(sentence_id, str(record["original_sentence"]))
+    old, new = span_edit(before, new_sentence)
+    return InjectorEdit(sentence_id, None, error_type or None, short_reasoning(record.get("reasoning")),
+                        old=old, new=new)
 
 
 def sft_messages(record: dict, role: str) -> list[dict]:

@@ -105,9 +105,25 @@ def quiet_third_party() -> None:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
 
-    # the Trainer prints every logged dict ({'loss': ...}) to stdout; our metrics.jsonl and report have them
-    def _no_print(self, args, state, control, logs=None, **kwargs):
+    # The Trainer prints every logged dict ({'loss': ...}) to stdout (metrics.jsonl and the report
+    # have them) and nests an unlabelled bar per evaluation: keep one labelled bar with the loss.
+    progress = trainer_callback.ProgressCallback
+    begin = progress.on_train_begin
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        begin(self, args, state, control, **kwargs)
+        if getattr(self, "training_bar", None) is not None:
+            self.training_bar.set_description("training steps")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bar = getattr(self, "training_bar", None)
+        if bar is not None and isinstance((logs or {}).get("loss"), int | float):
+            bar.set_postfix(loss=f"{logs['loss']:.3f}")
+
+    def no_output(self, *args, **kwargs):
         return None
 
-    trainer_callback.PrinterCallback.on_log = _no_print
-    trainer_callback.ProgressCallback.on_log = _no_print
+    if not getattr(progress, "_medserl_quiet", False):
+        progress.on_train_begin, progress.on_log, progress.on_prediction_step = on_train_begin, on_log, no_output
+        progress._medserl_quiet = True
+    trainer_callback.PrinterCallback.on_log = no_output

@@ -71,6 +71,7 @@ class VllmBackend(InferenceBackend):
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model)
         self._lock = threading.Lock()
         self._adapters: list[str] = []
+        self._adapter_path = ""  # the loaded adapter's path, to load it again after a server restart
         self._hash: str | None = None  # computed on first use: hashing a 4B model's weights takes a while
         self._hash_source = Path(tokenizer_path or model)
 
@@ -115,21 +116,29 @@ class VllmBackend(InferenceBackend):
             raise PolicyUpdateError("the vllm backend hot-loads LoRA adapters only; full weights need a server restart")
         # the path is read by the vLLM server (a volume it shares with the learner), not by us
         lora_path = checkpoint_uri[len("file://"):] if checkpoint_uri.startswith("file://") else checkpoint_uri
-        name = f"policy-v{version}"
-        try:
-            self._post("/load_lora_adapter", {"lora_name": name, "lora_path": lora_path})
-        except InferenceError as exc:
-            raise PolicyUpdateError(f"vLLM refused adapter {name}: {exc}") from exc
+        name = f"policy-v{version}"  # one name per version: a name is never reused for other weights
+        self._load_adapter(name, lora_path)
         with self._lock:
             old = [a for a in self._adapters if a != name]
             self._adapters = [name]
             self.served_model = name
+            self._adapter_path = lora_path
         for adapter in old:
             try:
                 self._post("/unload_lora_adapter", {"lora_name": adapter})
             except InferenceError as exc:
                 log.warning("could not unload an old LoRA adapter", extra={"adapter": adapter, "error": str(exc)})
         self._hash, self._hash_source = None, Path(lora_path)  # not visible from here: the name identifies it
+
+    def _load_adapter(self, name: str, lora_path: str) -> None:
+        """Load an adapter; "already loaded" (a restarted client, the same server) is success."""
+        try:
+            self._post("/load_lora_adapter", {"lora_name": name, "lora_path": lora_path})
+        except InferenceError as exc:
+            if "already" in str(exc).lower() and "loaded" in str(exc).lower():
+                log.info("LoRA adapter already loaded on the server", extra={"adapter": name})
+                return
+            raise PolicyUpdateError(f"vLLM refused adapter {name}: {exc}") from exc
 
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Completion]:
         params.validate()
@@ -150,7 +159,16 @@ class VllmBackend(InferenceBackend):
         }
         if params.seed is not None:
             body["seed"] = params.seed
-        payload = self._post("/completions", body)
+        try:
+            payload = self._post("/completions", body)
+        except InferenceError as exc:
+            # a restarted model server has dropped its runtime adapters (404 for our adapter name):
+            # load ours again and retry once
+            if " 404" not in str(exc) or self.served_model == self.base_model or not self._adapter_path:
+                raise
+            log.warning("model server lost the policy adapter; loading it again", extra={"adapter": self.served_model})
+            self._load_adapter(self.served_model, self._adapter_path)
+            payload = self._post("/completions", body)
         choices = payload.get("choices") if isinstance(payload, dict) else None
         if not isinstance(choices, list) or len(choices) != len(encoded) * params.n:
             raise InferenceError(f"vLLM returned {len(choices) if isinstance(choices, list) else 'no'} choices "
@@ -170,12 +188,15 @@ class VllmBackend(InferenceBackend):
     def _completion(self, choice: dict, prompt_index: int, prompt_ids: list[int], params: GenerationParams) -> Completion:
         lp = choice.get("logprobs") or {}
         raw_tokens = lp.get("tokens") or []
-        token_logprobs = [float(x) if x is not None else float("nan") for x in (lp.get("token_logprobs") or [])]
+        raw_logprobs = lp.get("token_logprobs") or []
+        if any(x is None for x in raw_logprobs):  # the learner needs every behaviour log-prob: never a NaN
+            raise InferenceError("vLLM returned a completion with a missing token log-prob")
+        token_logprobs = [float(x) for x in raw_logprobs]
         token_ids = choice.get("token_ids")
         if token_ids is None:
             token_ids = [self._token_id(t) for t in raw_tokens]
         token_ids = [int(t) for t in token_ids]
-        if token_logprobs and len(token_logprobs) != len(token_ids):
+        if len(token_logprobs) != len(token_ids):
             raise InferenceError(f"vLLM returned {len(token_logprobs)} log-probs for {len(token_ids)} tokens")
         top = None
         if params.top_logprobs and lp.get("top_logprobs"):

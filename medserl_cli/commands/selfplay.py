@@ -1,0 +1,103 @@
+"""``medserl train --phase rl``: REINFORCE++ self-play of the injector against a frozen assessor.
+
+Runs verifier, injector, assessor and learner as services on one bus: embedded (``--bus memory``,
+one process, the default) or over Kafka (``--bus kafka --kafka-bootstrap host:port``). Resumes from
+``--checkpoint-dir`` (the learner's state and newest version). Prints progress, writes the
+per-version history (``history.jsonl``) and every scored rollout, and ends with the headline.
+
+    medserl train --phase rl --policy runs/latest/models/sft --assessor configs/assessor.yaml \\
+        --seeds runs/latest/data/train_val_split/rl_train.jsonl --versions 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from medserl_cli.selfplay import SelfPlayConfig
+
+    d = SelfPlayConfig()
+    p.add_argument("--policy", required=True, help="the SFT policy folder (injector, learner, KL reference)")
+    p.add_argument("--assessor", required=True, metavar="CONFIG_OR_MODEL",
+                   help="the frozen assessor: an assessor settings file (YAML/JSON with `model`) or a model folder")
+    p.add_argument("--seeds", required=True, help="seed notes: a pairs JSONL (e.g. rl_train.jsonl); correct notes are used")
+    p.add_argument("--checkpoint-dir", default=d.checkpoint_dir, help="learner state and versions (default: %(default)s)")
+    p.add_argument("--out", default=None, help="where rl_rollouts.jsonl goes (default: the checkpoint dir)")
+    p.add_argument("--versions", type=int, default=d.versions, help="new policy versions to train (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="self-play rounds (default: 1; rounds that retrain the assessor are not in this version)")
+    p.add_argument("--rollouts-per-update", type=int, default=d.rollouts_per_update, help="(default: %(default)s)")
+    p.add_argument("--group-size", type=int, default=d.group_size, help="edits per seed note (default: %(default)s)")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="(default: %(default)s)")
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter (vLLM hot-loads it) instead of all weights")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(default: %(default)s)")
+    p.add_argument("--max-note-chars", type=int, default=0, help="only seed notes up to this length (0: all)")
+    p.add_argument("--bus", choices=("memory", "kafka"), default="memory", help="(default: %(default)s)")
+    p.add_argument("--kafka-bootstrap", default="", help="host:port of the Kafka cluster with --bus kafka")
+    p.add_argument("--topic-suffix", default="", help="namespace every topic (experiments sharing a cluster)")
+    p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="stop after this long (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _assessor_model(value: str) -> str:
+    path = Path(value)
+    if path.is_dir():
+        return str(path)
+    if path.is_file():
+        from services.assessor.service import AssessorSettings
+        from services.common.settings import load_settings
+
+        settings = load_settings(AssessorSettings, path, env={})
+        if not settings.model:
+            raise SystemExit(f"medserl: error: --assessor {value}: the settings file names no `model`")
+        return settings.model
+    raise SystemExit(f"medserl: error: --assessor {value}: no such settings file or model folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from medec.prepare import MedecFormatError, load_pairs_jsonl
+    from medserl.v1 import messages_pb2 as pb
+    from medserl_cli.selfplay import SelfPlayConfig, run_selfplay
+
+    if args.rounds != 1:
+        print("medserl: error: --rounds > 1 (retraining the assessor between rounds) is not in this version; "
+              "run one round and fine-tune the assessor with `medserl train --phase sft --role assessor`",
+              file=sys.stderr)
+        return 2
+    if not Path(args.policy).is_dir():
+        print(f"medserl: error: --policy {args.policy}: no such model folder (train one with "
+              "`medserl train --phase sft`)", file=sys.stderr)
+        return 2
+    if args.bus == "kafka" and not args.kafka_bootstrap:
+        print("medserl: error: --bus kafka needs --kafka-bootstrap host:port", file=sys.stderr)
+        return 2
+    try:
+        pairs = load_pairs_jsonl(args.seeds)
+    except (OSError, MedecFormatError) as exc:
+        print(f"medserl: error: --seeds {args.seeds}: {exc}", file=sys.stderr)
+        return 2
+    if args.max_note_chars:
+        pairs = [p for p in pairs if len(p.correct_note) <= args.max_note_chars]
+    seeds = [pb.Note(note_id=p.note_id, text=p.correct_note, split=p.split, source=p.source,
+                     sentences=[pb.Sentence(id=i, text=s) for i, s in p.correct_sentences]) for p in pairs]
+    if not seeds:
+        print(f"medserl: error: --seeds {args.seeds}: no seed notes (check --max-note-chars)", file=sys.stderr)
+        return 2
+    config = SelfPlayConfig(policy=args.policy, assessor_model=_assessor_model(args.assessor),
+                            checkpoint_dir=args.checkpoint_dir, bus=args.bus, kafka_bootstrap=args.kafka_bootstrap,
+                            topic_suffix=args.topic_suffix, versions=args.versions,
+                            rollouts_per_update=args.rollouts_per_update, group_size=args.group_size,
+                            max_new_tokens=args.max_new_tokens, learning_rate=args.learning_rate, lora=args.lora,
+                            seed=args.seed, timeout_s=args.timeout_s, progress=not args.no_progress)
+    result = run_selfplay(config, seeds, Path(args.out or args.checkpoint_dir))
+    history = result["history"]
+    print(f"self-play: {result['rollouts']} scored rollouts, {len(result['updates'])} new versions"
+          + (" (stopped at the time limit)" if result["timed_out"] else ""))
+    for entry in history:
+        print(f"  v{entry['version']:>3}  reward {entry['reward_total']:+.2f}  valid {entry['valid_rate']:.0%}  "
+              f"fool {entry['fool_rate']:.0%}  kl {entry['mean_kl']:.4f}  staleness {entry['staleness_mean']:.1f}")
+    return 1 if result["timed_out"] and not result["updates"] else 0
