@@ -6,8 +6,10 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-OUTCOMES = ("fooled", "caught", "invalid", "unparseable")
-COLOURS = {"fooled": "#2a9d8f", "caught": "#e76f51", "invalid": "#8d99ae", "unparseable": "#d4a373"}
+from services.common.reward import OUTCOMES
+
+COLOURS = {"fooled": "#2a9d8f", "caught": "#e76f51", "invalid": "#8d99ae", "unparseable": "#d4a373",
+           "excluded": "#cccccc"}
 
 
 def _plot_sft(sft: dict, path: Path) -> bool:
@@ -65,10 +67,10 @@ def _plot_rl(rl: dict, rollouts: list[dict], path: Path) -> bool:
     left.legend(fontsize=8)
     history = rl.get("history") or []
     if history:
-        right.plot([h["version"] for h in history], [h["mean_reward"] for h in history], "o-", color="#264653",
-                   label="mean reward")
-        right.plot([h["version"] for h in history], [h["mean_kl"] for h in history], "s--", color="#e9c46a",
-                   label="mean KL to SFT")
+        versions_h = [h["version"] for h in history]
+        right.plot(versions_h, [h["reward_total"] for h in history], "o-", color="#264653", label="batch reward")
+        right.plot(versions_h, [h["valid_rate"] for h in history], "s--", color="#8d99ae", label="valid-edit rate")
+        right.plot(versions_h, [h["fool_rate"] for h in history], "^-", color="#2a9d8f", label="fool rate (valid)")
         right.axhline(0, color="grey", lw=0.5)
         right.legend(fontsize=8)
     right.set_xlabel("learner update (new version)")
@@ -93,6 +95,43 @@ def _eval_table(ev: dict) -> list[str]:
                          ("baseline: always no error", ev["baseline_no_error"]),
                          ("baseline: always the last sentence", ev["baseline_last_sentence"])):
         lines.append(f"| {name} | " + " | ".join(_fmt(scores.get(k)) for k, _ in present) + " |")
+    return lines
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def _version_table(history: list[dict]) -> list[str]:
+    lines = ["| version | rollouts | reward | valid | fool (valid) | fool inject | fool paraphrase | detection | "
+             "false flag | KL | entropy | IS ratio max | staleness | idle |", "|" + "---|" * 14]
+    for h in history:
+        lines.append(f"| v{h['version']} | {h['rollouts']} | {h['reward_total']:+.2f} | {_pct(h['valid_rate'])} | "
+                     f"{_pct(h['fool_rate'])} | {_pct(h.get('fool_rate_inject'))} | "
+                     f"{_pct(h.get('fool_rate_paraphrase'))} | {_pct(h.get('detection_rate'))} | "
+                     f"{_pct(h.get('false_flag_rate'))} | {h['mean_kl']:.4f} | {h['entropy']:.2f} | "
+                     f"{h['is_ratio_max']:.2f} | {h['staleness_mean']:.1f} | {_pct(h.get('idle_fraction'))} |")
+    return lines
+
+
+def _injector_eval_table(ev: dict) -> list[str]:
+    rows = list((ev.get("results") or {}).items())
+    if not rows:
+        return []
+    keys = [("parseable_rate", "parseable"), ("valid_rate", "valid edits"), ("valid_rate_inject", "valid inject"),
+            ("valid_rate_paraphrase", "valid paraphrase"), ("fool_rate", "fool rate (valid)"),
+            ("fool_rate_inject", "fool inject"), ("fool_rate_paraphrase", "fool paraphrase")]
+    lines = ["| policy | rollouts | mean reward | " + " | ".join(label for _, label in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for label, r in rows:
+        lines.append(f"| {label} | {r['rollouts']} | {r['mean_reward']:+.2f} | "
+                     + " | ".join(_pct(r.get(k)) for k, _ in keys) + " |")
+    lines += ["", "What each policy prefers among its valid edits (sentence position; injected error types, with "
+              "the fool rate per type):", ""]
+    for label, r in rows:
+        types = ", ".join(f"{k} {v} (fools {r['fool_rate_by_error_type'].get(k, 0):.0%})"
+                          for k, v in sorted(r.get("error_types", {}).items(), key=lambda kv: -kv[1]))
+        lines.append(f"- {label}: positions {r.get('positions')}; error types: {types or 'none'}")
     return lines
 
 
@@ -132,6 +171,18 @@ def write_report(results: dict, out: Path) -> Path:
                       f"{dict(Counter(c for r in rollouts for c in r['failed_checks']).most_common(6))}."]
         if _plot_rl(rl, rollouts, out / "rl.png"):
             lines += ["", "![RL](rl.png)"]
+        history = rl.get("history") or []
+        if history:
+            lines += ["", "### Per policy version (the learner's batch for that version)", ""]
+            lines += _version_table(history)
+            lines += ["", f"Groups by fate at the learner: {rl.get('fates')}."]
+        lines.append("")
+    inj = results.get("injector_eval")
+    if inj:
+        lines += ["## Injector evaluation on held-out seeds", "",
+                  f"{inj['held_out_seeds']} seed notes from the eval split (never RL seeds), fixed sampling seeds, "
+                  "the same frozen assessor; v0 is the SFT policy.", ""]
+        lines += _injector_eval_table(inj)
         lines.append("")
     ev = results.get("eval")
     if ev:
@@ -141,7 +192,7 @@ def write_report(results: dict, out: Path) -> Path:
         lines += _eval_table(ev)
         lines.append("")
     lines += ["A tiny randomly initialised model trained for minutes on a CPU is a smoke test of the",
-              "machinery, not a detector: swap `--model-name` for Qwen/Qwen3-4B on a GPU for real numbers.", ""]
+              "machinery, not a detector: swap `--model` for Qwen/Qwen3-4B on a GPU for real numbers.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
