@@ -98,6 +98,7 @@ def run_selfplay(config: SelfPlayConfig, seeds: list, out: Path) -> dict:
         TrainerService(trainer, bus),
     ]
     start_version = services[-1].loop.version  # resuming: the learner announces it, the injector loads it
+    trainer.max_updates = start_version + config.versions  # versions counts new ones, also on a resume
     injector_settings = InjectorSettings(**common, model=config.policy, group_size=config.group_size, max_batch=4,
                                          max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                          seed=config.seed, learner_batch_rollouts=config.rollouts_per_update,
@@ -121,6 +122,7 @@ def run_selfplay(config: SelfPlayConfig, seeds: list, out: Path) -> dict:
     per_version_groups = max(1, config.rollouts_per_update // config.group_size)
     feed(4 * per_version_groups)
     scored: dict[str, dict] = {}
+    fooled: list[dict] = []  # verified edits that fooled the assessor: the next round's assessor data
     updates: list[dict] = []
     deadline = time.monotonic() + config.timeout_s
     timed_out = False
@@ -146,6 +148,8 @@ def run_selfplay(config: SelfPlayConfig, seeds: list, out: Path) -> dict:
                         continue
                     group = pb.RolloutGroup.FromString(record.value)
                     for rollout in group.rollouts:
+                        if rollout.rollout_id not in scored and rollout.reward.outcome == "fooled":
+                            fooled.append(fooled_edit(group, rollout))
                         scored[rollout.rollout_id] = _scored_row(group, rollout)
                     bar.set_postfix(rollouts=len(scored))
     finally:
@@ -157,8 +161,119 @@ def run_selfplay(config: SelfPlayConfig, seeds: list, out: Path) -> dict:
     rollouts_file.write_text("".join(json.dumps(row) + "\n" for row in scored.values()))
     return {"seed_notes": len(seeds), "seeds_fed": fed, "rollouts": len(scored), "updates": updates,
             "history": history, "timed_out": timed_out, "rollouts_file": str(rollouts_file),
-            "fates": dict(trainer_service.loop.fates), "config": asdict(config),
+            "fates": dict(trainer_service.loop.fates), "config": asdict(config), "fooled": fooled,
             "final_policy": updates[-1]["uri"] if updates else None}
+
+
+def fooled_edit(group, rollout) -> dict:
+    """A verified edit that fooled the assessor, as plain data (seed and edited sentences)."""
+    from medserl.v1 import messages_pb2 as pb
+
+    return {"group": group.group_id, "seed_note_id": group.seed_note_id, "mode": pb.Mode.Name(rollout.mode),
+            "seed": [[s.id, s.text] for s in group.seed_note.sentences],
+            "edited": [[s.id, s.text] for s in rollout.modified_note.sentences],
+            "changed_sentence_id": rollout.changed_sentence_id, "error_type": rollout.claimed_error_type}
+
+
+def assessor_records(fooled: list[dict]) -> list[dict]:
+    """SFT records (the generator's layout) that teach the assessor what fooled it: an injected error
+    that fooled it becomes an INCORRECT record with its safe twin (the seed note, CORRECT) for
+    balance; a safe paraphrase it flagged becomes a CORRECT record."""
+    from services.common import formats
+
+    records = []
+    for i, edit in enumerate(fooled):
+        seed = [(int(a), b) for a, b in edit["seed"]]
+        edited = [(int(a), b) for a, b in edit["edited"]]
+        changed = int(edit["changed_sentence_id"])
+        before, after = dict(seed).get(changed, ""), dict(edited).get(changed, "")
+        base = {"pair_id": f"selfplay-{edit['group']}", "source_sentences": [list(s) for s in seed],
+                "changed_sentence_id": changed, "reasoning": None, "model_written": False,
+                "prompt_version": formats.FORMAT_VERSION}
+        if edit["mode"] == "MODE_INJECT":
+            records.append({**base, "id": f"selfplay-{i}:incorrect", "kind": "INCORRECT",
+                            "note_sentences": [list(s) for s in edited], "original_sentence": before,
+                            "new_sentence": after, "error_type": edit["error_type"] or "diagnosis"})
+            records.append({**base, "id": f"selfplay-{i}:twin", "kind": "CORRECT",
+                            "note_sentences": [list(s) for s in seed], "original_sentence": before,
+                            "new_sentence": before, "error_type": None})
+        else:
+            records.append({**base, "id": f"selfplay-{i}:correct", "kind": "CORRECT",
+                            "note_sentences": [list(s) for s in edited], "original_sentence": before,
+                            "new_sentence": after, "error_type": None})
+    for record in records:
+        record["messages"] = formats.sft_messages(record, "assessor")
+    return records
+
+
+@dataclass
+class RoundsConfig:
+    """Self-play rounds: after each round, a fresh assessor is fine-tuned (TRL SFT, assessor role) from
+    ``assessor_base`` on ``assessor_data`` plus the edits that fooled the current one, then frozen."""
+
+    rounds: int = 1
+    assessor_base: str = ""  # the model a fresh assessor starts from (the SFT base model)
+    assessor_data: str = ""  # the assessor's original SFT records (JSONL)
+    tiny: bool = False  # the CPU demo's SFT preset
+    sft_epochs: float = 1.0
+    eval_reference: str = ""  # MEDEC CSV for the assessor's metrics per round ('' : none)
+    eval_limit: int = 60
+
+
+def run_rounds(config: SelfPlayConfig, rounds: RoundsConfig, seeds: list, out: Path) -> dict:
+    """``rounds.rounds`` rounds of ``config.versions`` versions each, a new frozen assessor between them."""
+    from trainer.sft import SFTRunConfig, run_sft
+
+    if rounds.rounds > 1 and not (rounds.assessor_base and rounds.assessor_data):
+        raise ValueError("self-play rounds need assessor_base (the model a fresh assessor starts from) and "
+                         "assessor_data (its original SFT records)")
+    assessor = config.assessor_model or config.policy
+    results = []
+    for index in range(1, rounds.rounds + 1):
+        round_out = out / f"round-{index}"
+        result = run_selfplay(_replace(config, assessor_model=assessor), seeds, round_out)
+        entry = {"round": index, "assessor": assessor, "rollouts": result["rollouts"],
+                 "versions": [u["version"] for u in result["updates"]], "fooled": len(result["fooled"]),
+                 "history": result["history"], "assessor_metrics": _assessor_metrics(assessor, rounds, round_out)}
+        results.append(entry)
+        if index == rounds.rounds:
+            break
+        data = round_out / "assessor_sft.jsonl"
+        original = Path(rounds.assessor_data).read_text().splitlines()
+        extra = assessor_records(result["fooled"])
+        data.write_text("".join(line + "\n" for line in original if line.strip())
+                        + "".join(json.dumps(r) + "\n" for r in extra))
+        save = round_out / "assessor"
+        if rounds.tiny:
+            sft = SFTRunConfig.for_tiny_model(rounds.assessor_base, str(data), str(save), role="assessor",
+                                              num_epochs=rounds.sft_epochs, seed=config.seed, eval_fraction=0.0,
+                                              progress=config.progress, save_total_limit=1)
+        else:
+            sft = SFTRunConfig(model=rounds.assessor_base, train_data=str(data), save_path=str(save),
+                               role="assessor", num_epochs=rounds.sft_epochs, seed=config.seed,
+                               progress=config.progress)
+        assessor = run_sft(sft).save_path
+        log.info("new frozen assessor for the next round", extra={"round": index + 1, "fooled_records": len(extra)})
+    return {"rounds": results, "final_assessor": assessor}
+
+
+def _replace(config: SelfPlayConfig, **changes) -> SelfPlayConfig:
+    from dataclasses import replace
+
+    return replace(config, **changes)
+
+
+def _assessor_metrics(assessor: str, rounds: RoundsConfig, out: Path) -> dict | None:
+    """The assessor's MEDEC metrics (official MEDIQA-CORR scorer) on the evaluation reference."""
+    if not rounds.eval_reference:
+        return None
+    from medec import mediqa_eval as me
+    from services.assessor.evaluate import assess_reference
+
+    reference = me.load_reference(rounds.eval_reference)
+    outcome = assess_reference(reference, None, {"model": assessor, "max_batch_size": 16, "max_new_tokens": 48},
+                               out_path=out / "assessor-run.txt", limit=rounds.eval_limit, progress=False)
+    return me.score(outcome.reference, outcome.run)
 
 
 # --------------------------------------------------------------------------------------------

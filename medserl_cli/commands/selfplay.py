@@ -28,7 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="where rl_rollouts.jsonl goes (default: the checkpoint dir)")
     p.add_argument("--versions", type=int, default=d.versions, help="new policy versions to train (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=1,
-                   help="self-play rounds (default: 1; rounds that retrain the assessor are not in this version)")
+                   help="self-play rounds: after each round's --versions, a fresh assessor is fine-tuned on its "
+                        "original data plus the edits that fooled it, frozen, and play goes on (default: 1)")
+    p.add_argument("--assessor-base", default="", help="with --rounds > 1: the model a fresh assessor starts from")
+    p.add_argument("--assessor-data", default="", help="with --rounds > 1: the assessor's original SFT records (JSONL)")
+    p.add_argument("--assessor-epochs", type=float, default=1.0, help="with --rounds > 1: SFT epochs (default: 1)")
+    p.add_argument("--eval-reference", default="",
+                   help="a MEDEC CSV: report the assessor's MEDIQA-CORR metrics after every round")
     p.add_argument("--rollouts-per-update", type=int, default=d.rollouts_per_update, help="(default: %(default)s)")
     p.add_argument("--group-size", type=int, default=d.group_size, help="edits per seed note (default: %(default)s)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="(default: %(default)s)")
@@ -61,12 +67,14 @@ def _assessor_model(value: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from medec.prepare import MedecFormatError, load_pairs_jsonl
     from medserl.v1 import messages_pb2 as pb
-    from medserl_cli.selfplay import SelfPlayConfig, run_selfplay
+    from medserl_cli.selfplay import RoundsConfig, SelfPlayConfig, run_rounds
 
-    if args.rounds != 1:
-        print("medserl: error: --rounds > 1 (retraining the assessor between rounds) is not in this version; "
-              "run one round and fine-tune the assessor with `medserl train --phase sft --role assessor`",
-              file=sys.stderr)
+    if args.rounds < 1:
+        print("medserl: error: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    if args.rounds > 1 and not (args.assessor_base and args.assessor_data):
+        print("medserl: error: --rounds > 1 needs --assessor-base (the model a fresh assessor starts from) and "
+              "--assessor-data (its original SFT records, e.g. sft_combined_safe.jsonl)", file=sys.stderr)
         return 2
     if not Path(args.policy).is_dir():
         print(f"medserl: error: --policy {args.policy}: no such model folder (train one with "
@@ -93,11 +101,19 @@ def run(args: argparse.Namespace) -> int:
                             rollouts_per_update=args.rollouts_per_update, group_size=args.group_size,
                             max_new_tokens=args.max_new_tokens, learning_rate=args.learning_rate, lora=args.lora,
                             seed=args.seed, timeout_s=args.timeout_s, progress=not args.no_progress)
-    result = run_selfplay(config, seeds, Path(args.out or args.checkpoint_dir))
-    history = result["history"]
-    print(f"self-play: {result['rollouts']} scored rollouts, {len(result['updates'])} new versions"
-          + (" (stopped at the time limit)" if result["timed_out"] else ""))
-    for entry in history:
-        print(f"  v{entry['version']:>3}  reward {entry['reward_total']:+.2f}  valid {entry['valid_rate']:.0%}  "
-              f"fool {entry['fool_rate']:.0%}  kl {entry['mean_kl']:.4f}  staleness {entry['staleness_mean']:.1f}")
-    return 1 if result["timed_out"] and not result["updates"] else 0
+    rounds = RoundsConfig(rounds=args.rounds, assessor_base=args.assessor_base, assessor_data=args.assessor_data,
+                          sft_epochs=args.assessor_epochs, eval_reference=args.eval_reference)
+    outcome = run_rounds(config, rounds, seeds, Path(args.out or args.checkpoint_dir))
+    timed_out = False
+    for entry in outcome["rounds"]:
+        print(f"round {entry['round']}: {entry['rollouts']} scored rollouts, versions {entry['versions']}, "
+              f"{entry['fooled']} edits fooled the assessor ({entry['assessor']})")
+        for h in entry["history"]:
+            print(f"  v{h['version']:>3}  reward {h['reward_total']:+.2f}  valid {h['valid_rate']:.0%}  "
+                  f"fool {h['fool_rate']:.0%}  kl {h['mean_kl']:.4f}  staleness {h['staleness_mean']:.1f}")
+        metrics = entry.get("assessor_metrics")
+        if metrics:
+            print(f"  assessor: flag accuracy {metrics.get('error_flag_accuracy', 0):.3f}, sentence accuracy "
+                  f"{metrics.get('error_sentence_accuracy', 0):.3f}")
+        timed_out = timed_out or not entry["versions"]
+    return 1 if timed_out else 0
