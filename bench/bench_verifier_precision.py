@@ -104,14 +104,15 @@ def _pct(num: int, den: int) -> str:
 
 
 def report(stats: dict) -> str:
-    lines = [f"{'check':<26} {'rej safe':>8} {'rej unsafe':>10} {'precision':>9} {'own recall':>14} {'any recall':>10}",
-             "-" * 82]
+    lines = [f"{'check':<26} {'rej safe':>8} {'rej unsafe':>10} {'precision':>9} {'own recall':>14} "
+             f"{'any recall':>10}", "-" * 82]
     names = sorted(set(stats["rejects"]) | set(stats["own_total"]))
     for name in names:
         fp, tp = stats["rejects"][name]["safe"], stats["rejects"][name]["unsafe"]
         own_n, own_hit = stats["own_total"][name], stats["own_hit"][name]
         own = f"{own_hit:>3}/{own_n:<3} {_pct(own_hit, own_n)}" if own_n else f"{'-':>14}"
-        lines.append(f"{name:<26} {fp:>8} {tp:>10} {_pct(tp, tp + fp):>9} {own:>14} {_pct(tp, stats['unsafe_n']):>10}")
+        any_recall = _pct(tp, stats["unsafe_n"])
+        lines.append(f"{name:<26} {fp:>8} {tp:>10} {_pct(tp, tp + fp):>9} {own:>14} {any_recall:>10}")
     lines.append("")
     lines.append(f"safe paraphrases falsely rejected: {stats['safe_rejected']}/{stats['safe_n']} = "
                  f"{_pct(stats['safe_rejected'], stats['safe_n']).strip()}   (limit < 2%)")
@@ -123,8 +124,9 @@ def report(stats: dict) -> str:
         lines.append(f"{label:<7} {category:<22} {c['n']:>4} {c['wrong']:>9}")
     inj = stats["inject"]
     lines.append("")
-    lines.append(f"inject mode: unsafe edits accepted as injected errors {inj['unsafe_passed']}/{inj['unsafe_n']}; "
-                 f"safe paraphrases accepted as errors {inj['safe_passed']}/{inj['safe_n']}")
+    lines.append(f"inject mode: unsafe edits accepted as injected errors {inj['unsafe_passed']}/"
+                 f"{inj['unsafe_n']}; safe paraphrases accepted as errors "
+                 f"{inj['safe_passed']}/{inj['safe_n']}")
     return "\n".join(lines)
 
 
@@ -146,17 +148,20 @@ def medec_rates(medec: Path) -> str:
         inj = sum(verify("inject", p.correct_sentences, p.incorrect_sentences,
                          claimed_error_type=p.error_type).passed for p in pairs)
         total.update(n=len(pairs), mi=mi, inj=inj)
-        lines.append(f"{name:<18} {len(pairs):>5} {mi:>7} {_pct(mi, len(pairs))} {inj:>7} {_pct(inj, len(pairs))}")
+        n = len(pairs)
+        lines.append(f"{name:<18} {n:>5} {mi:>7} {_pct(mi, n)} {inj:>7} {_pct(inj, n)}")
     lines.append(f"{'all':<18} {total['n']:>5} {total['mi']:>7} {_pct(total['mi'], total['n'])} "
                  f"{total['inj']:>7} {_pct(total['inj'], total['n'])}")
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--medec-dir")
     parser.add_argument("--edits", default=str(EDITS))
-    parser.add_argument("--errors", action="store_true", help="list each misjudged edit with its failed checks")
+    parser.add_argument("--errors", action="store_true",
+                        help="list each misjudged edit with its failed checks")
     parser.add_argument("--medec-rates", action="store_true", help="also verify every real MEDEC error note")
     args = parser.parse_args()
     medec = find_medec(args.medec_dir)
@@ -164,8 +169,8 @@ def main() -> int:
     by_id = {n.note_id: list(n.sentences) for n in notes}
     edits = load_edits(Path(args.edits))
     stats = evaluate(edits, by_id)
-    print(f"{len(edits)} labelled edits of MEDEC-MS validation notes ({stats['safe_n']} safe, {stats['unsafe_n']} "
-          f"unsafe), paraphrase mode")
+    print(f"{len(edits)} labelled edits of MEDEC-MS validation notes ({stats['safe_n']} safe, "
+          f"{stats['unsafe_n']} unsafe), paraphrase mode")
     print()
     print(report(stats))
     if args.errors and stats["misjudged"]:

@@ -1,4 +1,5 @@
-"""The frozen assessor: verdicts, P(error), rewards, gRPC, Kafka round trip with the tiny model."""
+"""The frozen assessor: verdicts, P(error), the reward of every rollout of a group (the only place it is
+computed), unparsed answers re-judged then excluded, gRPC, Kafka round trip with the tiny model."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from services.common.runtime import ServiceRuntime
 from services.common.topics import DEAD_LETTER, ROLLOUTS_SCORED, ROLLOUTS_VERIFIED
 from services.inference import checkpoint_sha256
 from tests.conftest import ROOT
+from tests.rl_fakes import GARBAGE, ScriptedDetector
 
 VALIDATION = "MEDEC-MS-ValidationSet-with-GroundTruth-and-ErrorType.csv"
 
@@ -57,6 +59,22 @@ def verified_rollouts(medec_notes, prefix: str, count: int) -> list[pb.Rollout]:
         out.append(rollout)
         if len(out) == count:
             break
+    return out
+
+
+def as_groups(rollouts: list[pb.Rollout]) -> list[pb.RolloutGroup]:
+    """One group per rollout, as the verifier forwards them (its mode, its seed note id)."""
+    return [pb.RolloutGroup(group_id=r.group_id, seed_note_id=r.seed_note_id, mode=r.mode,
+                            rollouts=[pb.Rollout.FromString(r.SerializeToString())]) for r in rollouts]
+
+
+def scored_of(results) -> list[pb.Rollout]:
+    """The rollouts of each scored group (every result must be one Output to rollouts.scored)."""
+    out = []
+    for result in results:
+        (output,) = result
+        assert output.topic == ROLLOUTS_SCORED and output.key == output.message.group_id
+        out.extend(output.message.rollouts)
     return out
 
 
@@ -113,56 +131,98 @@ def test_scores_rollouts_with_the_shared_reward(medec_notes):
     bus = MemoryBus()
     service = make_service(bus)
     rollouts = verified_rollouts(medec_notes, "mem", 40)
-    results = service.score_batch([pb.Rollout.FromString(r.SerializeToString()) for r in rollouts])
+    results = service.score_groups(as_groups(rollouts))
     last_hits = inject = flags_on_safe = safe = 0
-    for original, result in zip(rollouts, results, strict=True):
-        (out,) = result
-        assert out.topic == ROLLOUTS_SCORED and out.key == original.group_id
-        scored = out.message.rollout
+    for original, scored in zip(rollouts, scored_of(results), strict=True):
+        assert scored.rollout_id == original.rollout_id and scored.modified_note == original.modified_note
         verdict = scored.verdict
         last_id = max(s.id for s in original.modified_note.sentences)
         assert verdict.parsed and verdict.error_flag and verdict.error_sentence_id == last_id
         assert verdict.assessor_checkpoint_hash == "baseline_last_sentence" and verdict.flag_probability == 1.0
-        expected = reward.game_reward(original.mode, verdict, original.changed_sentence_id)
-        assert scored.reward == expected
+        assert scored.reward == reward.score_rollout(scored, verdict)
         if original.mode == pb.MODE_INJECT:
             inject += 1
-            last_hits += original.changed_sentence_id == last_id
-            assert (expected.outcome == reward.CAUGHT) == (original.changed_sentence_id == last_id)
+            caught = original.changed_sentence_id == last_id
+            last_hits += caught
+            assert (scored.reward.outcome, scored.reward.total) == ((reward.CAUGHT, -1.0) if caught else
+                                                                   (reward.FOOLED, 1.0))
         else:
             safe += 1
             flags_on_safe += 1
-            assert expected.outcome == reward.FOOLED  # the baseline flags every safe note
+            assert (scored.reward.outcome, scored.reward.total) == (reward.FOOLED, 1.0)  # it flags every safe note
     assert inject and safe
     assert REGISTRY.get_sample_value("medserl_detection_rate") == pytest.approx(last_hits / inject)
     assert REGISTRY.get_sample_value("medserl_false_flag_rate") == pytest.approx(flags_on_safe / safe)
 
 
-def test_gates_and_bad_rollouts(medec_notes):
-    service = make_service(MemoryBus(), backend="baseline_no_error")
-    good, rejected, unparseable, unverified, empty = (pb.Rollout.FromString(r.SerializeToString())
-                                                       for r in verified_rollouts(medec_notes, "gate", 5))
+def gated_group(medec_notes, prefix: str) -> tuple[pb.RolloutGroup, list[pb.Rollout]]:
+    """One inject group: a verified edit, one the verifier rejected, one that did not parse."""
+    good, rejected, unparseable = (pb.Rollout.FromString(r.SerializeToString())
+                                   for r in verified_rollouts([n for n in medec_notes if n.error_flag], prefix, 3))
     rejected.verification.passed = False
     unparseable.ClearField("verification")
-    unparseable.reward.CopyFrom(reward.gate_reward(parsed=False, verified=True))
-    unverified.ClearField("verification")
-    empty.ClearField("modified_note")
-    results = service.score_batch([good, rejected, unparseable, unverified, empty])
-    assert results[0][0].message.rollout.reward.outcome in (reward.CAUGHT, reward.FOOLED)
-    r = results[1][0].message.rollout
-    assert r.reward.outcome == reward.INVALID and r.reward.total == -1 and not r.HasField("verdict")
-    r = results[2][0].message.rollout
-    assert r.reward.outcome == reward.UNPARSEABLE and r.reward.format == -1 and not r.HasField("verdict")
-    assert "without a verification report" in str(results[3])
-    assert "modified note" in str(results[4])
+    unparseable.ClearField("modified_note")
+    unparseable.changed_sentence_id = -1
+    unparseable.parse_error = "no sentence_id line"
+    rollouts = [good, rejected, unparseable]
+    for i, r in enumerate(rollouts):
+        r.group_id, r.rollout_id = f"{prefix}-g", f"{prefix}-g-{i}"
+    return pb.RolloutGroup(group_id=f"{prefix}-g", mode=pb.MODE_INJECT, rollouts=rollouts), rollouts
 
 
-def test_reward_weights_are_configurable(medec_notes):
-    service = make_service(MemoryBus(), backend="baseline_no_error", reward_fooled=2.0, reward_caught=-0.5)
+def test_gates_are_scored_without_the_model_and_bad_groups_are_invalid_input(medec_notes):
+    detector = ScriptedDetector()
+    service = AssessorService(AssessorSettings(metrics_port=-1), MemoryBus(), detector=detector)
+    whole, (good, _, _) = gated_group(medec_notes, "gate")
+    unverified, empty, medec_mode = as_groups(verified_rollouts(medec_notes, "bad", 3))
+    unverified.rollouts[0].ClearField("verification")
+    empty.rollouts[0].ClearField("modified_note")
+    medec_mode.mode = pb.MODE_MEDEC_INCORRECT
+    results = service.score_groups([whole, unverified, empty, medec_mode, pb.RolloutGroup(group_id="none")])
+    judged, rejected, unparseable = scored_of(results[:1])
+    assert judged.reward.outcome == reward.FOOLED and judged.verdict.parsed  # the script says "no error"
+    assert (rejected.reward.outcome, rejected.reward.total, rejected.reward.verifier) == (reward.INVALID, -1.5, -1.5)
+    assert (unparseable.reward.outcome, unparseable.reward.total, unparseable.reward.format) == \
+        (reward.UNPARSEABLE, -2.0, -2.0)
+    assert not rejected.HasField("verdict") and not unparseable.HasField("verdict")
+    assert detector.calls == [[(s.id, s.text) for s in good.modified_note.sentences]], "gates never reach the model"
+    assert "without a verification report" in str(results[1])
+    assert "modified note" in str(results[2])
+    assert "has no game reward" in str(results[3])
+    assert "without rollouts" in str(results[4])
+
+
+def test_reward_weights_are_configurable_gates_included(medec_notes):
+    service = make_service(MemoryBus(), backend="baseline_no_error", reward_fooled=2.0, reward_caught=-0.5,
+                           verifier_penalty=-0.75, format_penalty=-3.0)
     rollouts = verified_rollouts(medec_notes, "w", 10)
-    for rollout, result in zip(rollouts, service.score_batch(rollouts), strict=True):
-        total = result[0].message.rollout.reward.total
-        assert total == (2.0 if rollout.mode == pb.MODE_INJECT else -0.5)  # "no error" misses every injection
+    for rollout, scored in zip(rollouts, scored_of(service.score_groups(as_groups(rollouts))), strict=True):
+        assert scored.reward.total == (2.0 if rollout.mode == pb.MODE_INJECT else -0.5)  # "no error" misses them all
+    whole, _ = gated_group(medec_notes, "wg")
+    assert [r.reward.total for r in scored_of(service.score_groups([whole]))] == [2.0, -0.75, -3.0]
+
+
+def test_an_unparsed_answer_is_judged_once_more_then_excluded(medec_notes):
+    first, second, third = verified_rollouts([n for n in medec_notes if n.error_flag], "rejudge", 3)
+    key = [tuple((s.id, s.text) for s in r.modified_note.sentences) for r in (first, second, third)]
+    flag_it = formats.AssessorOutput(True, first.changed_sentence_id, "Fixed.")
+    script = {key[0]: [GARBAGE, flag_it], key[1]: [GARBAGE, GARBAGE]}  # third: "no error" at once
+    before = REGISTRY.get_sample_value("medserl_assessor_unparsed_total") or 0.0
+    detector = ScriptedDetector(script)
+    service = AssessorService(AssessorSettings(metrics_port=-1), MemoryBus(), detector=detector)
+    group = pb.RolloutGroup(group_id="rejudge-g", mode=pb.MODE_INJECT, rollouts=[first, second, third])
+    caught, excluded, fooled = scored_of(service.score_groups([group]))
+    assert caught.verdict.parsed and (caught.reward.outcome, caught.reward.total) == (reward.CAUGHT, -1.0)
+    assert not excluded.verdict.parsed and excluded.verdict.parse_error
+    assert excluded.reward == pb.RewardParts(total=0.0, outcome=reward.EXCLUDED, excluded=True), "never a win"
+    assert fooled.reward.outcome == reward.FOOLED
+    assert detector.calls == [list(key[0]), list(key[1]), list(key[2]), list(key[0]), list(key[1])]
+    assert REGISTRY.get_sample_value("medserl_assessor_unparsed_total") == before + 1
+
+    once = ScriptedDetector(script)
+    service = AssessorService(AssessorSettings(metrics_port=-1, rejudge_unparsed=False), MemoryBus(), detector=once)
+    outcomes = [r.reward.outcome for r in scored_of(service.score_groups([group]))]
+    assert outcomes == [reward.EXCLUDED, reward.EXCLUDED, reward.FOOLED] and len(once.calls) == 3
 
 
 def test_the_assessor_is_frozen(tiny_model_dir):
@@ -230,7 +290,7 @@ def test_the_model_never_sees_ids_or_neighbours(medec_notes):
     service = AssessorService(AssessorSettings(backend="baseline_no_error", metrics_port=-1), MemoryBus(),
                               detector=Recording("baseline_no_error"))
     rollouts = verified_rollouts(medec_notes, "ids", 3)
-    service.score_batch(rollouts)
+    service.score_groups(as_groups(rollouts))
     assert len(seen) == 3
     for note, rollout in zip(seen, rollouts, strict=True):
         assert note == [(s.id, s.text) for s in rollout.modified_note.sentences]
@@ -285,11 +345,12 @@ def test_kafka_round_trip_with_the_tiny_model(kafka_bootstrap, tiny_model_dir, m
     service = AssessorService(settings, bus)
     runtime = ServiceRuntime(service).start()
     rollouts = verified_rollouts(medec_notes, f"k-{unique}", 8)
-    bad = pb.Rollout(rollout_id=f"k-{unique}-bad", mode=pb.MODE_INJECT)  # no verification report
+    bad = pb.RolloutGroup(group_id=f"k-{unique}-bad", mode=pb.MODE_INJECT,  # no verification report
+                          rollouts=[pb.Rollout(rollout_id=f"k-{unique}-bad-0", mode=pb.MODE_INJECT)])
     try:
         producer = bus.producer()
-        for rollout in [*rollouts, bad]:
-            producer.publish(verified_topic, rollout.SerializeToString(), key=rollout.group_id)
+        for g in [*as_groups(rollouts), bad]:
+            producer.publish(verified_topic, g.SerializeToString(), key=g.group_id)
         producer.publish(verified_topic, b"\xff\xfe not protobuf", key="junk")
         producer.flush()
         wanted = {r.rollout_id for r in rollouts}
@@ -298,9 +359,9 @@ def test_kafka_round_trip_with_the_tiny_model(kafka_bootstrap, tiny_model_dir, m
         deadline = time.monotonic() + 180
         while not wanted <= set(scored) and time.monotonic() < deadline:
             for record in consumer.poll(0.5, 500):
-                rollout = pb.ScoredRollout.FromString(record.value).rollout
-                if rollout.rollout_id in wanted:
-                    scored[rollout.rollout_id] = rollout
+                for rollout in pb.RolloutGroup.FromString(record.value).rollouts:
+                    if rollout.rollout_id in wanted:
+                        scored[rollout.rollout_id] = rollout
         consumer.close()
         assert set(scored) == wanted
         letters = [pb.DeadLetter.FromString(r.value) for r in drain(bus, dead_topic, f"dl-{unique}", 2, 60)]
@@ -317,7 +378,8 @@ def test_kafka_round_trip_with_the_tiny_model(kafka_bootstrap, tiny_model_dir, m
         assert verdict.assessor_checkpoint_hash == expected_hash
         assert 0.0 <= verdict.flag_probability <= 1.0
         assert verdict.parsed or verdict.parse_error  # an untrained tiny model mostly writes garbage
-        assert rollout.reward == reward.game_reward(original.mode, verdict, original.changed_sentence_id)
+        assert rollout.reward == reward.score_rollout(rollout, verdict)
+        assert rollout.reward.excluded == (not verdict.parsed), "an unparsed answer is never a win"
         assert rollout.modified_note == original.modified_note
 
 
@@ -348,15 +410,14 @@ def test_assessor_on_the_vllm_backend(tiny_model_dir, medec_notes):
                                tokenizer=str(tiny_model_dir))
         assert service.checkpoint_hash == checkpoint_sha256(tiny_model_dir)
         rollouts = verified_rollouts(medec_notes, "vllm-assess", 4)
-        results = service.score_batch(rollouts)
+        scored = scored_of(service.score_groups(as_groups(rollouts)))
         (call,) = server.state.completions()
     assert call.body["temperature"] == 0.0 and call.body["logprobs"] == 5 and len(call.body["prompt"]) == 4
-    for original, result, choice in zip(rollouts, results, call.response["choices"], strict=True):
-        verdict = result[0].message.rollout.verdict
+    for original, rollout, choice in zip(rollouts, scored, call.response["choices"], strict=True):
+        verdict = rollout.verdict
         assert verdict.parsed and verdict.error_flag and verdict.error_sentence_id == 2
         assert verdict.corrected_sentence == "The corrected sentence."
         tokens = [server.state.tokenizer.decode([t]) for t in choice["token_ids"]]
         digit = next(i for i, tok in enumerate(tokens) if tok.strip() == "1")
         assert verdict.flag_probability == pytest.approx(math.exp(choice["logprobs"]["token_logprobs"][digit]))
-        assert result[0].message.rollout.reward == reward.game_reward(original.mode, verdict,
-                                                                      original.changed_sentence_id)
+        assert rollout.reward == reward.score_rollout(original, verdict)

@@ -1,4 +1,5 @@
-"""The injector: groups of sampled edits per seed note, policy hot-loading, admission control, gRPC."""
+"""The injector: one RolloutGroup of sampled edits per seed message (deterministic id), policy
+hot-loading, admission control from the learner's accounting (surviving a restart), gRPC."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from prometheus_client import REGISTRY
 from medec.prepare import read_medec_csv
 from medserl.v1 import injector_pb2, injector_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
-from services.common import formats, reward
-from services.common.bus import MemoryBus
+from services.common import formats
+from services.common.bus import MemoryBus, Record
 from services.common.runtime import ServiceRuntime
 from services.common.topics import DEAD_LETTER, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_GENERATED
 from services.inference import checkpoint_sha256, encode_prompt
-from services.injector.service import InjectorService, InjectorSettings
+from services.injector.service import InjectorService, InjectorSettings, group_id_for
 from tests.fake_vllm_server import FakeVllmServer, make_lora_adapter
+from tests.rl_fakes import read_all
 
 VALIDATION = "MEDEC-MS-ValidationSet-with-GroundTruth-and-ErrorType.csv"
 
@@ -56,19 +58,29 @@ def unique_notes(notes: list[pb.Note], tag: str) -> list[pb.Note]:
 
 
 def collect(bus, group: str, seed_ids: set[str], want: int, timeout_s: float = 120,
-            topic: str = ROLLOUTS_GENERATED) -> list[pb.Rollout]:
+            topic: str = ROLLOUTS_GENERATED) -> list[pb.RolloutGroup]:
+    """Groups for the given seed notes until ``want`` distinct groups arrived (or the timeout)."""
     consumer = bus.consumer([topic], group)
-    got: dict[str, pb.Rollout] = {}
+    got: dict[str, pb.RolloutGroup] = {}
     deadline = time.monotonic() + timeout_s
     try:
         while len(got) < want and time.monotonic() < deadline:
             for record in consumer.poll(0.3, 500):
-                rollout = pb.Rollout.FromString(record.value)
-                if rollout.seed_note_id in seed_ids:
-                    got[rollout.rollout_id] = rollout
+                g = pb.RolloutGroup.FromString(record.value)
+                if g.seed_note_id in seed_ids:
+                    got[g.group_id] = g
     finally:
         consumer.close()
     return list(got.values())
+
+
+def rollouts_of(groups: list[pb.RolloutGroup]) -> list[pb.Rollout]:
+    return [r for g in groups for r in g.rollouts]
+
+
+def update_to(version: int, adapter, **fields) -> pb.PolicyUpdate:
+    return pb.PolicyUpdate(version=version, checkpoint_uri=str(adapter), kind="lora",
+                           checkpoint_sha256=checkpoint_sha256(adapter), **fields)
 
 
 def rollouts_counted(version: int) -> float:
@@ -76,26 +88,37 @@ def rollouts_counted(version: int) -> float:
                for m in ("inject", "paraphrase"))
 
 
+def check_group(group: pb.RolloutGroup, seed: pb.Note, service: InjectorService) -> None:
+    """Everything the verifier, assessor and learner need is on the group, and it is consistent."""
+    assert group.seed_note == seed and group.seed_note_id == seed.note_id and group.mode == service.choose_mode(seed)
+    assert group.group_id.startswith(f"{seed.note_id}~") and group.created_unix_ms > 0
+    assert len(group.rollouts) == service.settings.group_size
+    assert [r.rollout_id for r in group.rollouts] == [f"{group.group_id}-{i}" for i in range(len(group.rollouts))]
+    for rollout in group.rollouts:
+        assert (rollout.group_id, rollout.seed_note_id, rollout.mode, rollout.policy_version) == \
+            (group.group_id, seed.note_id, group.mode, group.policy_version)
+        check_rollout(rollout, seed, service)
+
+
 def check_rollout(rollout: pb.Rollout, seed: pb.Note, service: InjectorService) -> None:
-    """Everything the learner needs is on the rollout, and it is consistent."""
+    """One rollout: tokens, log-probs, sampling, and the parsed edit (or why it did not parse)."""
     sentences = [(s.id, s.text) for s in seed.sentences]
     mode_name = {pb.MODE_INJECT: "inject", pb.MODE_PARAPHRASE: "paraphrase"}[rollout.mode]
-    assert rollout.mode == service.choose_mode(seed)
     assert list(rollout.prompt_token_ids) == encode_prompt(service.backend.tokenizer,
                                                           formats.injector_messages(sentences, mode_name))
     assert len(rollout.completion_token_ids) == len(rollout.behaviour_logprobs) > 0
     assert all(lp <= 0 for lp in rollout.behaviour_logprobs)
     assert rollout.sampling.temperature == service.settings.temperature
     assert rollout.sampling.n == service.settings.group_size and rollout.sampling.seed
-    assert rollout.seed_note == seed and rollout.created_unix_ms > 0
-    assert rollout.rollout_id.startswith(rollout.group_id)
+    assert rollout.created_unix_ms > 0
+    assert not rollout.HasField("reward") and not rollout.HasField("verification"), "the injector never scores"
     edit = formats.parse_injector_edit(rollout.completion_text)
     applied = formats.apply_edit(sentences, edit) if isinstance(edit, formats.InjectorEdit) else edit
     if isinstance(applied, formats.ParseFailure):
-        assert rollout.reward == reward.gate_reward(parsed=False, verified=True)
+        assert rollout.parse_error and rollout.parse_error == (applied.reason[:300] or "unparseable")
         assert rollout.changed_sentence_id == -1 and not rollout.HasField("modified_note")
     else:
-        assert not rollout.HasField("reward")
+        assert not rollout.parse_error
         assert rollout.changed_sentence_id == edit.sentence_id
         assert [(s.id, s.text) for s in rollout.modified_note.sentences] == applied
         assert rollout.claimed_error_type == (edit.error_type or "")
@@ -116,6 +139,26 @@ def test_bad_settings_are_refused(tiny_model_dir):
     for bad in ({"inject_fraction": 1.5}, {"group_size": 0}, {"backend": "openai_chat"}):
         with pytest.raises(ValueError):
             InjectorService(settings_for(tiny_model_dir, **bad), MemoryBus())
+
+
+def test_group_ids_are_deterministic_per_seed_message(tiny_model_dir, seed_notes):
+    record = Record(NOTES_SEED, 2, 17, b"k", b"")
+    assert group_id_for("n1", record) == group_id_for("n1", Record(NOTES_SEED, 2, 17, None, b"other bytes"))
+    assert group_id_for("n1", record) != group_id_for("n1", Record(NOTES_SEED, 2, 18, b"k", b""))
+    assert group_id_for("n1", record).startswith("n1~")
+    assert group_id_for("n1", None) != group_id_for("n1", None), "a gRPC call is no redelivery"
+
+    bus = MemoryBus()
+    service = InjectorService(settings_for(tiny_model_dir, learner_batch_rollouts=0), bus)
+    note = unique_notes(seed_notes[:1], "det")[0]
+    first = service._handle_seeds([note], [record])[0][0].message
+    again = service._handle_seeds([note], [record])[0][0].message  # the same message, redelivered
+    assert first.group_id == again.group_id and [r.rollout_id for r in first.rollouts] == \
+        [r.rollout_id for r in again.rollouts]
+    other = service._handle_seeds([note], [Record(NOTES_SEED, 2, 18, None, b"")])[0][0].message
+    assert other.group_id != first.group_id, "the same note submitted again is a new group"
+    (invalid,) = service._handle_seeds([pb.Note(note_id="")], [record])
+    assert "note_id is empty" in str(invalid)
 
 
 @pytest.mark.kafka
@@ -148,10 +191,11 @@ def test_kafka_round_trip_and_a_policy_version_published_mid_stream(kafka_bootst
         producer.flush()
         # the learner publishes a new policy while the first seeds are being processed
         update = pb.PolicyUpdate(version=new_version, checkpoint_uri=f"file://{adapters[0]}", kind="lora",
-                                 base_model=str(tiny_model_dir), learner_step=1)
+                                 base_model=str(tiny_model_dir), learner_step=1,
+                                 checkpoint_sha256=checkpoint_sha256(adapters[0]))
         producer.publish(updates_topic, update.SerializeToString(), key="policy")
         producer.flush()
-        early = collect(bus, f"check-a-{unique}", {n.note_id for n in first}, 12, topic=generated_topic)
+        early = collect(bus, f"check-a-{unique}", {n.note_id for n in first}, 4, topic=generated_topic)
         deadline = time.monotonic() + 60
         while service.policy.version != new_version and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -159,7 +203,7 @@ def test_kafka_round_trip_and_a_policy_version_published_mid_stream(kafka_bootst
         for note in second:
             producer.publish(seed_topic, note.SerializeToString(), key=note.note_id)
         producer.flush()
-        late = collect(bus, f"check-b-{unique}", {n.note_id for n in second}, 12, topic=generated_topic)
+        late = collect(bus, f"check-b-{unique}", {n.note_id for n in second}, 4, topic=generated_topic)
         letters = []
         consumer = bus.consumer([dead_topic], f"dl-{unique}")
         deadline = time.monotonic() + 60
@@ -170,52 +214,74 @@ def test_kafka_round_trip_and_a_policy_version_published_mid_stream(kafka_bootst
     finally:
         runtime.shutdown()
         bus.close()
-    assert len(early) == 12 and len(late) == 12
-    for rollouts in (early, late):
-        groups: dict[str, list[pb.Rollout]] = {}
-        for rollout in rollouts:
-            groups.setdefault(rollout.group_id, []).append(rollout)
-            check_rollout(rollout, by_id[rollout.seed_note_id], service)
-        assert len(groups) == 4 and all(len(g) == 3 for g in groups.values())
-        assert all(len({r.seed_note_id for r in g}) == 1 for g in groups.values())
-    assert {r.policy_version for r in early} <= {0, new_version}
-    assert {r.policy_version for r in late} == {new_version}, "later rollouts carry the new version"
+    assert len(early) == 4 and len(late) == 4
+    for g in early + late:
+        check_group(g, by_id[g.seed_note_id], service)
+    assert {g.policy_version for g in early} <= {0, new_version}
+    assert {g.policy_version for g in late} == {new_version}, "later groups carry the new version"
     assert service.backend.checkpoint_hash == checkpoint_sha256(adapters[0])
     assert letters and "no text and no sentences" in letters[0].reason
     assert REGISTRY.get_sample_value("medserl_policy_version", {"service": "injector"}) == new_version
-    assert rollouts_counted(new_version) - counted_before == sum(r.policy_version == new_version for r in early + late)
+    assert rollouts_counted(new_version) - counted_before == sum(r.policy_version == new_version
+                                                                for r in rollouts_of(early + late))
 
 
-def test_admission_control_pauses_until_the_learner_catches_up(tiny_model_dir, seed_notes, adapters):
+def _generated(bus) -> int:
+    return sum(bus.end_offsets(ROLLOUTS_GENERATED))
+
+
+def test_admission_follows_the_learners_accounting_and_survives_a_restart(tiny_model_dir, seed_notes):
+    """window = ceil((1 + max_staleness) * learner batch / group size) = ceil(1 * 4 / 2) = 2 groups in
+    flight, in flight = groups on rollouts.generated - PolicyUpdate.groups_consumed, plus a grant when
+    the learner asks (rollouts_wanted). The workers are driven by hand: no timing."""
     bus = MemoryBus()
-    settings = settings_for(tiny_model_dir, group_size=2, learner_batch_rollouts=4, max_staleness=0)
+    settings = settings_for(tiny_model_dir, group_size=2, learner_batch_rollouts=4, max_staleness=0,
+                            group_id="adm-injector", poll_timeout_s=0.01)
     service = InjectorService(settings, bus)
-    runtime = ServiceRuntime(service).start()
-    notes = unique_notes(seed_notes[:5], "adm")
-    try:
-        producer = bus.producer()
-        for note in notes:
-            producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
-        ids = {n.note_id for n in notes}
-        first = collect(bus, "adm-1", ids, 4, timeout_s=30)
-        assert len(first) == 4, "(0 + 1 + max_staleness 0) versions x 4 rollouts, then it waits"
-        time.sleep(1.0)
-        assert len(collect(bus, "adm-2", ids, 10, timeout_s=1)) == 4, "paused: no new rollout without a new policy"
-        producer.publish(POLICY_UPDATES, pb.PolicyUpdate(version=1, checkpoint_uri=str(adapters[0]),
-                                                         kind="lora").SerializeToString(), key="p")
-        second = collect(bus, "adm-3", ids, 8, timeout_s=30)
-        assert len(second) == 8
-        time.sleep(0.5)
-        assert len(collect(bus, "adm-3b", ids, 10, timeout_s=1)) == 8, "paused again after the next 4"
-        producer.publish(POLICY_UPDATES, pb.PolicyUpdate(version=2, checkpoint_uri=str(adapters[1]),
-                                                         kind="lora").SerializeToString(), key="p")
-        everything = collect(bus, "adm-4", ids, 10, timeout_s=30)
-    finally:
-        runtime.shutdown()
-    assert len(everything) == 10 and {r.seed_note_id for r in everything} == ids, "admission delays, never drops"
-    versions = sorted(r.policy_version for r in everything)
-    assert versions == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
-    assert service._seed_worker.paused_s > 0.5
+    bus.ensure_topics(list(service.topics()))
+    updates_worker, seeds_worker = service.workers()
+    producer = bus.producer()
+    for note in unique_notes(seed_notes[:8], "adm"):
+        producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
+
+    def run_seeds() -> int:
+        """Seed polls until the worker processes nothing (the budget is spent or the seeds are)."""
+        total = 0
+        while (n := seeds_worker.run_once()) > 0:
+            total += n
+        return total
+
+    def account(**fields) -> None:
+        producer.publish(POLICY_UPDATES, pb.PolicyUpdate(**fields).SerializeToString(), key="policy")
+        updates_worker.run_once()
+
+    assert service.policy.window == 2
+    assert run_seeds() == 2 and _generated(bus) == 2, "two groups, then the window is full"
+    assert service.policy.budget() == 0 and run_seeds() == 0 and seeds_worker.paused_s > 0
+    account(version=0, groups_consumed=1)  # the learner disposed of one group: one slot frees
+    assert run_seeds() == 1 and _generated(bus) == 3
+    account(version=0, groups_consumed=1, rollouts_wanted=4)  # starving: 4 rollouts = 2 groups past the window
+    account(version=0, groups_consumed=1, rollouts_wanted=4)  # asked again: replaces the grant, never adds up
+    assert service.policy.credit == 2
+    assert run_seeds() == 2 and _generated(bus) == 5 and service.policy.credit == 0
+    assert service.policy.budget() == 0
+
+    # a restarted injector (new process, same seed group) derives its window from the bus, not from zero
+    updates_worker.close()
+    seeds_worker.close()
+    service.close()
+    restarted = InjectorService(settings, bus)
+    updates_worker, seeds_worker = restarted.workers()
+    updates_worker.run_once()  # a new policy consumer replays every update from the start
+    assert restarted.policy.groups_consumed == 1 and restarted.policy.in_flight() == 4
+    # the window stays full; only the newest grant is replayed (once, however many requests were made)
+    assert restarted.policy.budget() == restarted.policy.credit == 2
+    assert run_seeds() == 2 and _generated(bus) == 7 and restarted.policy.budget() == 0
+    account(version=0, groups_consumed=7)
+    assert run_seeds() == 1 and _generated(bus) == 8
+    generated = read_all(bus, ROLLOUTS_GENERATED, "all", pb.RolloutGroup)
+    assert len({g.group_id for g in generated}) == 8 and {g.seed_note_id for g in generated} == \
+        {f"adm-{n.note_id}" for n in seed_notes[:8]}, "nothing generated twice, nothing dropped"
 
 
 def test_a_broken_policy_update_is_dead_lettered_and_the_old_version_kept(tiny_model_dir, seed_notes):
@@ -233,10 +299,11 @@ def test_a_broken_policy_update_is_dead_lettered_and_the_old_version_kept(tiny_m
             letters = [pb.DeadLetter.FromString(r.value) for r in consumer.poll(0.3, 10)]
         note = unique_notes(seed_notes[:1], "after-bad")[0]
         producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
-        rollouts = collect(bus, "after-bad", {note.note_id}, 2, timeout_s=20)
+        groups = collect(bus, "after-bad", {note.note_id}, 1, timeout_s=20)
     finally:
         runtime.shutdown()
     assert letters and "not loaded" in letters[0].reason and letters[0].source_topic == POLICY_UPDATES
+    rollouts = rollouts_of(groups)
     assert service.policy.version == 0 and {r.policy_version for r in rollouts} == {0} and len(rollouts) == 2
     assert service.policy.learner_version == 5, "admission follows the learner even when a version fails to load"
 
@@ -258,8 +325,9 @@ def test_grpc_inject_and_submit_seeds(tiny_model_dir, seed_notes):
             sentences = [(s.id, s.text) for s in note.sentences]
             prompt = encode_prompt(service.backend.tokenizer, formats.injector_messages(sentences, "inject"))
             for rollout in reply.rollouts:
-                assert list(rollout.prompt_token_ids) == prompt and rollout.seed_note == note
+                assert list(rollout.prompt_token_ids) == prompt and rollout.seed_note_id == note.note_id
                 assert len(rollout.completion_token_ids) == len(rollout.behaviour_logprobs) > 0
+                assert not rollout.HasField("reward")
             assert len({r.rollout_id for r in reply.rollouts}) == 3 and len({r.group_id for r in reply.rollouts}) == 1
             bad_requests = [
                 injector_pb2.InjectRequest(note=pb.Note(note_id="x"), mode=pb.MODE_INJECT),
@@ -311,15 +379,14 @@ def test_vllm_backend_in_the_service_with_lora_updates(tiny_model_dir, seed_note
             notes = unique_notes(seed_notes[:6], "vllm")
             for note in notes[:3]:
                 producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
-            first = collect(bus, "v1", {n.note_id for n in notes[:3]}, 6, timeout_s=30)
-            producer.publish(POLICY_UPDATES, pb.PolicyUpdate(version=3, checkpoint_uri=str(adapters[0]),
-                                                             kind="lora").SerializeToString(), key="p")
+            first = rollouts_of(collect(bus, "v1", {n.note_id for n in notes[:3]}, 3, timeout_s=30))
+            producer.publish(POLICY_UPDATES, update_to(3, adapters[0]).SerializeToString(), key="p")
             deadline = time.monotonic() + 20
             while service.policy.version != 3 and time.monotonic() < deadline:
                 time.sleep(0.1)
             for note in notes[3:]:
                 producer.publish(NOTES_SEED, note.SerializeToString(), key=note.note_id)
-            second = collect(bus, "v2", {n.note_id for n in notes[3:]}, 6, timeout_s=30)
+            second = rollouts_of(collect(bus, "v2", {n.note_id for n in notes[3:]}, 3, timeout_s=30))
         finally:
             runtime.shutdown()
         by_id = {n.note_id: n for n in notes}

@@ -34,6 +34,12 @@ def test_every_kafka_message_is_in_the_versioned_package():
     from medserl.v1 import messages_pb2 as pb
 
     for name in ("Note", "NotePair", "SftExample", "VerificationReport", "Rollout", "AssessorVerdict",
-                 "ScoredRollout", "PolicyUpdate", "DeadLetter"):
+                 "RolloutGroup", "RewardParts", "PolicyUpdate", "DeadLetter"):
         descriptor = pb.DESCRIPTOR.message_types_by_name[name]
         assert descriptor.full_name == f"medserl.v1.{name}"
+    assert "ScoredRollout" not in pb.DESCRIPTOR.message_types_by_name, "the group is the unit: no per-rollout message"
+    fields = {f.name for f in pb.RolloutGroup.DESCRIPTOR.fields}
+    assert {"group_id", "seed_note", "policy_version", "rollouts"} <= fields
+    assert {"parse_error", "reward", "verdict", "verification"} <= {f.name for f in pb.Rollout.DESCRIPTOR.fields}
+    assert {"groups_consumed", "rollouts_consumed", "step_group_ids", "rollouts_wanted"} <= \
+        {f.name for f in pb.PolicyUpdate.DESCRIPTOR.fields}

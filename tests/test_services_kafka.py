@@ -1,7 +1,8 @@
 """Two services as separate processes over a real Kafka broker: verifier -> assessor.
 
-They exchange protobuf Rollouts, answer gRPC health checks and reflection, and a SIGTERM in the
-middle of traffic loses no message (a restarted verifier picks up what was handed back).
+They exchange protobuf RolloutGroups (every group arrives whole, every rollout scored), answer gRPC
+health checks and reflection, and a SIGTERM in the middle of traffic loses no message (a restarted
+verifier picks up what was handed back).
 """
 
 from __future__ import annotations
@@ -85,39 +86,45 @@ class ServiceProcess:
             self.proc.wait(10)
 
 
-def medec_rollouts(medec_path: Path, prefix: str, count: int) -> list[pb.Rollout]:
-    """Inject-mode rollouts built from MEDEC's own doctor-written errors (seed = the corrected note)."""
+def medec_groups(medec_path: Path, prefix: str, count: int) -> list[pb.RolloutGroup]:
+    """Inject groups built from MEDEC's own doctor-written errors (seed = the corrected note): the
+    doctor's error as one rollout, an unparseable completion as the other."""
     notes, _ = read_medec_csv(medec_path / "MEDEC-MS-ValidationSet-with-GroundTruth-and-ErrorType.csv")
-    rollouts = []
+    groups = []
     for note in notes:
         if not note.error_flag or note.error_sentence_id < 0:
             continue
-        seed = [(i, s) for i, s in note.sentences]
-        modified = [(i, note.corrected_sentence if i == note.error_sentence_id else s) for i, s in seed]
-        seed, modified = modified, seed  # the injector starts from the correct note and writes the error
-        rid = f"{prefix}-{note.note_id}"
-        rollouts.append(pb.Rollout(
-            rollout_id=rid, seed_note_id=note.note_id, group_id=note.note_id, mode=pb.MODE_INJECT, policy_version=0,
-            prompt_token_ids=[1, 2, 3], completion_token_ids=[4, 5], behaviour_logprobs=[-0.1, -0.2],
-            seed_note=pb.Note(note_id=note.note_id, sentences=[pb.Sentence(id=i, text=s) for i, s in seed]),
-            modified_note=pb.Note(note_id=rid, sentences=[pb.Sentence(id=i, text=s) for i, s in modified]),
-            changed_sentence_id=note.error_sentence_id, claimed_error_type=note.error_type or ""))
-        if len(rollouts) == count:
+        modified = [(i, s) for i, s in note.sentences]
+        seed = [(i, note.corrected_sentence if i == note.error_sentence_id else s) for i, s in modified]
+        gid = f"{prefix}-{note.note_id}~0"
+        common = dict(seed_note_id=note.note_id, group_id=gid, mode=pb.MODE_INJECT, policy_version=0,
+                      prompt_token_ids=[1, 2, 3], completion_token_ids=[4, 5], behaviour_logprobs=[-0.1, -0.2])
+        edit = pb.Rollout(rollout_id=f"{gid}-0", changed_sentence_id=note.error_sentence_id,
+                          claimed_error_type=note.error_type or "",
+                          modified_note=pb.Note(note_id=f"{gid}-0",
+                                                sentences=[pb.Sentence(id=i, text=s) for i, s in modified]),
+                          **common)
+        garbage = pb.Rollout(rollout_id=f"{gid}-1", changed_sentence_id=-1, completion_text="lorem ipsum",
+                             parse_error="no sentence_id line", **common)
+        groups.append(pb.RolloutGroup(
+            group_id=gid, seed_note_id=note.note_id, mode=pb.MODE_INJECT, policy_version=0, rollouts=[edit, garbage],
+            seed_note=pb.Note(note_id=note.note_id, sentences=[pb.Sentence(id=i, text=s) for i, s in seed])))
+        if len(groups) == count:
             break
-    return rollouts
+    return groups
 
 
-def collect_scored(bus, group: str, suffix: str, wanted: set[str], timeout_s: float = 180) -> dict[str, pb.Rollout]:
-    """Read rollouts.scored until every wanted id arrived; duplicates collapse by id."""
+def collect_scored(bus, group: str, suffix: str, wanted: set[str], timeout_s: float = 180) -> dict[str, pb.RolloutGroup]:
+    """Read rollouts.scored until every wanted group arrived; duplicates collapse by group id."""
     consumer = bus.consumer([ROLLOUTS_SCORED + suffix], group)
-    seen: dict[str, pb.Rollout] = {}
+    seen: dict[str, pb.RolloutGroup] = {}
     deadline = time.monotonic() + timeout_s
     try:
         while not wanted <= set(seen) and time.monotonic() < deadline:
             for record in consumer.poll(0.5, 500):
-                rollout = pb.ScoredRollout.FromString(record.value).rollout
-                if rollout.rollout_id in wanted:
-                    seen[rollout.rollout_id] = rollout
+                g = pb.RolloutGroup.FromString(record.value)
+                if g.group_id in wanted:
+                    seen[g.group_id] = g
     finally:
         consumer.close()
     return seen
@@ -137,14 +144,22 @@ def check_health_and_reflection(port: int, service_name: str) -> None:
         assert symbol.file_descriptor_response.file_descriptor_proto
 
 
-def assert_scored_consistently(rollout: pb.Rollout) -> None:
-    assert rollout.verification.checks, "every scored rollout carries the verifier's report"
-    if not rollout.verification.passed:
-        assert rollout.reward.outcome == reward.INVALID and rollout.reward.total == -1
-        return
-    assert rollout.verdict.parsed
-    expected = reward.game_reward(rollout.mode, rollout.verdict, rollout.changed_sentence_id)
-    assert rollout.reward.total == expected.total and rollout.reward.outcome == expected.outcome
+def assert_scored_consistently(scored: pb.RolloutGroup, sent: pb.RolloutGroup) -> None:
+    """The whole group, every rollout with the reward services.common.reward gives (default weights)."""
+    assert [r.rollout_id for r in scored.rollouts] == [r.rollout_id for r in sent.rollouts]
+    for rollout in scored.rollouts:
+        if rollout.parse_error:
+            assert not rollout.HasField("verification") and not rollout.HasField("verdict")
+            assert (rollout.reward.outcome, rollout.reward.total) == (reward.UNPARSEABLE, -2.0)
+            continue
+        assert rollout.verification.checks, "every parsed rollout carries the verifier's report"
+        if not rollout.verification.passed:
+            assert (rollout.reward.outcome, rollout.reward.total) == (reward.INVALID, -1.5)
+            assert not rollout.HasField("verdict")
+            continue
+        assert rollout.verdict.parsed
+        assert rollout.reward == reward.score_rollout(rollout, rollout.verdict)
+        assert rollout.reward.outcome in (reward.CAUGHT, reward.FOOLED)
 
 
 @pytest.fixture
@@ -160,16 +175,16 @@ def test_verifier_and_assessor_processes_score_rollouts_over_kafka(kafka, kafka_
     try:
         check_health_and_reflection(verifier.grpc_port, "medserl.v1.Verifier")
         check_health_and_reflection(assessor.grpc_port, "medserl.v1.Assessor")
-        rollouts = medec_rollouts(medec_path, unique, 30)
+        groups = medec_groups(medec_path, unique, 30)
         producer = kafka.producer()
-        for r in rollouts:
-            producer.publish(ROLLOUTS_GENERATED + f".{unique}", r.SerializeToString(), key=r.seed_note_id)
+        for g in groups:
+            producer.publish(ROLLOUTS_GENERATED + f".{unique}", g.SerializeToString(), key=g.group_id)
         producer.flush()
-        scored = collect_scored(kafka, f"reader-{unique}", f".{unique}", {r.rollout_id for r in rollouts})
-        assert len(scored) == len(rollouts), "every rollout reaches the learner's topic"
-        for rollout in scored.values():
-            assert_scored_consistently(rollout)
-        judged = [r for r in scored.values() if r.verification.passed]
+        scored = collect_scored(kafka, f"reader-{unique}", f".{unique}", {g.group_id for g in groups})
+        assert len(scored) == len(groups), "every group reaches the learner's topic"
+        for g in groups:
+            assert_scored_consistently(scored[g.group_id], g)
+        judged = [r for g in scored.values() for r in g.rollouts if r.HasField("verdict")]
         assert judged, "MEDEC's own errors must mostly pass the inject checks and reach the assessor"
         assert verifier.terminate() == 0 and assessor.terminate() == 0
     finally:
@@ -182,12 +197,12 @@ def test_sigterm_during_traffic_loses_no_message(kafka, kafka_bootstrap, medec_p
     assessor = ServiceProcess("assessor", kafka_bootstrap, f"assessor-{unique}", f".{unique}", "--set", "backend=baseline_last_sentence")
     verifier = ServiceProcess("verifier", kafka_bootstrap, group, f".{unique}", "--set", "max_batch=4")
     try:
-        rollouts = medec_rollouts(medec_path, unique, 120)
+        groups = medec_groups(medec_path, unique, 120)
 
         def publish_steadily() -> None:  # traffic keeps flowing before, during and after the SIGTERM
             producer = kafka.producer()
-            for r in rollouts:
-                producer.publish(ROLLOUTS_GENERATED + f".{unique}", r.SerializeToString(), key=r.seed_note_id)
+            for g in groups:
+                producer.publish(ROLLOUTS_GENERATED + f".{unique}", g.SerializeToString(), key=g.group_id)
                 producer.flush()
                 time.sleep(0.03)
 
@@ -196,14 +211,14 @@ def test_sigterm_during_traffic_loses_no_message(kafka, kafka_bootstrap, medec_p
         time.sleep(1.5)
         assert verifier.terminate() == 0, "SIGTERM must end in a clean shutdown"
         processed_before = verifier.processed_at_shutdown()
-        assert 0 < processed_before < len(rollouts), "the SIGTERM must land in the middle of the traffic"
+        assert 0 < processed_before < len(groups), "the SIGTERM must land in the middle of the traffic"
         verifier = ServiceProcess("verifier", kafka_bootstrap, group, f".{unique}", "--set", "max_batch=4")
         publisher.join()
-        scored = collect_scored(kafka, f"reader-{unique}", f".{unique}", {r.rollout_id for r in rollouts})
-        missing = {r.rollout_id for r in rollouts} - set(scored)
-        assert not missing, f"{len(missing)} rollouts lost across the SIGTERM"
-        for rollout in scored.values():
-            assert_scored_consistently(rollout)
+        scored = collect_scored(kafka, f"reader-{unique}", f".{unique}", {g.group_id for g in groups})
+        missing = {g.group_id for g in groups} - set(scored)
+        assert not missing, f"{len(missing)} groups lost across the SIGTERM"
+        for g in groups:
+            assert_scored_consistently(scored[g.group_id], g)
     finally:
         verifier.kill()
         assessor.kill()

@@ -1,5 +1,5 @@
 """The verifier service end to end: a real gRPC server on a free port (any example, SFT or rollout), and a
-Kafka round trip of rollouts with the service's own worker against a real broker (SFT examples never reach
+Kafka round trip of rollout groups with the service's own worker against a real broker (SFT examples never reach
 the verifier over Kafka: the generator verifies them with a library call). Bad input is INVALID_ARGUMENT /
 a dead letter with a reason, and the service keeps serving afterwards."""
 
@@ -16,9 +16,9 @@ from medserl.v1 import messages_pb2 as pb
 from medserl.v1 import verifier_pb2, verifier_pb2_grpc
 from services.common import topics
 from services.common.bus import MemoryBus
-from services.common.reward import INVALID, UNPARSEABLE, gate_reward
 from services.common.runtime import ServiceRuntime
 from services.verifier.service import VerifierService, VerifierSettings
+from tests.rl_fakes import group, read_all, rollout
 
 VAL = "MEDEC-MS-ValidationSet-with-GroundTruth-and-ErrorType.csv"
 
@@ -146,7 +146,7 @@ def test_grpc_invalid_utf8_bytes_are_invalid_argument(server):
 
 
 # ---------------------------------------------------------------------------------------------
-# Kafka round trip
+# rollout groups over Kafka and on the in-memory bus
 # ---------------------------------------------------------------------------------------------
 
 def _drain(bus, topic, group, want, message_type, timeout_s=60.0):
@@ -164,28 +164,70 @@ def _drain(bus, topic, group, want, message_type, timeout_s=60.0):
     return got
 
 
-def _rollouts(val):
+def _groups(val) -> dict[str, pb.RolloutGroup]:
+    """A group of four inject rollouts (valid, no fact changed, unparsed, blank edit), a paraphrase
+    group, and groups the verifier cannot use at all (empty / oversized seed, wrong mode, no rollouts)."""
     seed = val["ms-val-5"].sentences  # sentence 7: "Chlamydia trachomatis is the causal pathogen."
     seed_note = note(seed, "ms-val-5")
-    good = pb.Rollout(rollout_id="r-good", seed_note_id="ms-val-5", mode=pb.MODE_INJECT, seed_note=seed_note,
-                      modified_note=note(edit(seed, 7, "Neisseria gonorrhoeae is the causal pathogen.")),
-                      changed_sentence_id=7, claimed_error_type="causalOrganism", policy_version=3)
-    no_fact = pb.Rollout(rollout_id="r-nofact", seed_note_id="ms-val-5", mode=pb.MODE_INJECT, seed_note=seed_note,
-                         modified_note=note(edit(seed, 7, "Chlamydia trachomatis is thought to be the causal pathogen.")),
-                         changed_sentence_id=7, claimed_error_type="causalOrganism", policy_version=3)
-    paraphrase = pb.Rollout(rollout_id="r-para", seed_note_id="ms-val-5", mode=pb.MODE_PARAPHRASE, seed_note=seed_note,
-                            modified_note=note(edit(seed, 7, "The causal pathogen is Chlamydia trachomatis.")),
-                            changed_sentence_id=7, policy_version=3)
-    unparseable = pb.Rollout(rollout_id="r-unparsed", seed_note_id="ms-val-5", mode=pb.MODE_INJECT, seed_note=seed_note,
-                             completion_text="garbage", reward=gate_reward(parsed=False, verified=True))
-    empty = pb.Rollout(rollout_id="r-empty", seed_note_id="ms-val-5", mode=pb.MODE_INJECT, seed_note=pb.Note(),
-                       modified_note=pb.Note(), claimed_error_type="diagnosis")
-    huge = pb.Rollout(rollout_id="r-huge", seed_note_id="ms-val-5", mode=pb.MODE_INJECT,
-                      seed_note=pb.Note(text="Pain. " * 100_000), modified_note=seed_note,
-                      claimed_error_type="diagnosis")  # 600 kB: over the verifier's limit, under Kafka's
-    blank = pb.Rollout(rollout_id="r-blank", seed_note_id="ms-val-5", mode=pb.MODE_PARAPHRASE, seed_note=seed_note,
-                       modified_note=pb.Note(text=" \n\n  "))
-    return good, no_fact, paraphrase, unparseable, empty, huge, blank
+    inject = [
+        rollout("g-inject", 0, pb.MODE_INJECT, modified=edit(seed, 7, "Neisseria gonorrhoeae is the causal pathogen."),
+                changed=7, error_type="causalOrganism"),
+        rollout("g-inject", 1, pb.MODE_INJECT, changed=7, error_type="causalOrganism",
+                modified=edit(seed, 7, "Chlamydia trachomatis is thought to be the causal pathogen.")),
+        rollout("g-inject", 2, pb.MODE_INJECT, parse_error="no sentence_id line"),
+        rollout("g-inject", 3, pb.MODE_INJECT, modified=seed, changed=7, error_type="diagnosis"),
+    ]
+    inject[3].modified_note.CopyFrom(pb.Note(text=" \n\n  "))
+    paraphrase = [rollout("g-para", 0, pb.MODE_PARAPHRASE, changed=7,
+                          modified=edit(seed, 7, "The causal pathogen is Chlamydia trachomatis."))]
+    unusable = [rollout("x", 0, pb.MODE_INJECT, modified=seed, changed=7, error_type="diagnosis")]
+    return {
+        "g-inject": group("g-inject", pb.MODE_INJECT, seed_note, inject, version=3),
+        "g-para": group("g-para", pb.MODE_PARAPHRASE, seed_note, paraphrase, version=3),
+        "g-empty": group("g-empty", pb.MODE_INJECT, pb.Note(), unusable),
+        # 600 kB: over the verifier's note limit, under Kafka's message limit
+        "g-huge": group("g-huge", pb.MODE_INJECT, pb.Note(text="Pain. " * 100_000), unusable),
+        "g-mode": group("g-mode", pb.MODE_MEDEC_INCORRECT, seed_note, unusable),
+        "g-none": group("g-none", pb.MODE_INJECT, seed_note, []),
+    }
+
+
+def _check_verified(verified: list[pb.RolloutGroup], sent: dict[str, pb.RolloutGroup]) -> None:
+    """Both usable groups forwarded whole, each parsed rollout annotated, nothing scored."""
+    by_id = {g.group_id: g for g in verified}
+    assert sorted(by_id) == ["g-inject", "g-para"]
+    for gid, g in by_id.items():
+        original = sent[gid]
+        assert [r.rollout_id for r in g.rollouts] == [r.rollout_id for r in original.rollouts], "the whole group"
+        assert g.seed_note == original.seed_note and g.policy_version == 3
+        assert all(r.policy_version == 3 and not r.HasField("reward") and not r.HasField("verdict")
+                   for r in g.rollouts), "the verifier never scores"
+    good, no_fact, unparsed, blank = by_id["g-inject"].rollouts
+    assert good.verification.passed and good.verification.subject_id == good.rollout_id
+    assert list(good.verification.changed_sentence_ids) == [7]
+    assert not no_fact.verification.passed
+    assert "clinical_entity_changed" in {c.name for c in no_fact.verification.checks if not c.passed}
+    assert unparsed == sent["g-inject"].rollouts[2], "an unparsed rollout passes through untouched"
+    assert not blank.verification.passed
+    assert [(c.name, "modified note is empty" in c.detail) for c in blank.verification.checks] == [("verifier_input", True)]
+    (para,) = by_id["g-para"].rollouts
+    assert para.verification.passed and para.verification.mode == pb.MODE_PARAPHRASE
+
+
+def _check_letters(letters: list[pb.DeadLetter]) -> None:
+    reasons = {letter.key.decode(): letter.reason for letter in letters}
+    assert set(reasons) == {"g-empty", "g-huge", "g-mode", "g-none", "g-utf8"}
+    assert "original note is empty" in reasons["g-empty"]
+    assert "600000 characters (limit" in reasons["g-huge"] and "Pain." not in reasons["g-huge"]
+    assert "not inject or paraphrase" in reasons["g-mode"]
+    assert "without rollouts" in reasons["g-none"]
+    assert "undecodable" in reasons["g-utf8"]
+    assert all(letter.service == "verifier" and letter.source_topic.startswith(topics.ROLLOUTS_GENERATED)
+               for letter in letters)
+
+
+# the bytes path: a payload protobuf rejects (field 1, a string, holding invalid UTF-8)
+UNDECODABLE = b"\x0a\x04\xff\xfe\xc3\x28"
 
 
 @pytest.mark.kafka
@@ -198,71 +240,48 @@ def test_kafka_round_trip(kafka_bootstrap, unique, val):
                                 poll_timeout_s=0.2)
     service = VerifierService(settings, bus)
     runtime = ServiceRuntime(service).start()
+    sent = _groups(val)
     try:
         producer = bus.producer()
-        good, no_fact, paraphrase, unparseable, empty, huge, blank = _rollouts(val)
-        for rollout in (good, no_fact, paraphrase, unparseable, empty, huge, blank):
-            producer.publish(service.topic(topics.ROLLOUTS_GENERATED), rollout.SerializeToString(), key=rollout.rollout_id)
-        # the bytes path: a payload protobuf rejects (field 1, a string, holding invalid UTF-8)
-        producer.publish(service.topic(topics.ROLLOUTS_GENERATED), b"\x0a\x04\xff\xfe\xc3\x28", key="r-utf8")
+        for g in sent.values():
+            producer.publish(service.topic(topics.ROLLOUTS_GENERATED), g.SerializeToString(), key=g.group_id)
+        producer.publish(service.topic(topics.ROLLOUTS_GENERATED), UNDECODABLE, key="g-utf8")
         producer.flush()
 
-        verified = _drain(bus, service.topic(topics.ROLLOUTS_VERIFIED), f"t1-{unique}", 2, pb.Rollout)
-        scored = _drain(bus, service.topic(topics.ROLLOUTS_SCORED), f"t2-{unique}", 2, pb.ScoredRollout)
-        letters = _drain(bus, service.topic(topics.DEAD_LETTER), f"t5-{unique}", 4, pb.DeadLetter)
-
-        assert sorted(r.rollout_id for r in verified) == ["r-good", "r-para"]
-        assert all(r.verification.passed and r.verification.subject_id == r.rollout_id for r in verified)
-        assert {r.rollout_id: r.policy_version for r in verified} == {"r-good": 3, "r-para": 3}
-
-        by_id = {s.rollout.rollout_id: s.rollout for s in scored}
-        assert sorted(by_id) == ["r-nofact", "r-unparsed"]
-        assert by_id["r-unparsed"] == unparseable  # forwarded unchanged
-        assert by_id["r-unparsed"].reward.outcome == UNPARSEABLE
-        rejected = by_id["r-nofact"]
-        assert rejected.reward.outcome == INVALID and rejected.reward.total == -1.0
-        assert not rejected.verification.passed
-        assert "clinical_entity_changed" in {c.name for c in rejected.verification.checks if not c.passed}
-
-        reasons = {letter.key.decode(): letter.reason for letter in letters}
-        assert set(reasons) == {"r-empty", "r-huge", "r-blank", "r-utf8"}
-        assert "empty" in reasons["r-empty"]
-        assert "600000 characters (limit" in reasons["r-huge"] and "Pain." not in reasons["r-huge"]
-        assert "modified note is empty" in reasons["r-blank"]
-        assert "undecodable" in reasons["r-utf8"]
-        assert all(letter.service == "verifier" for letter in letters)
+        verified = _drain(bus, service.topic(topics.ROLLOUTS_VERIFIED), f"t1-{unique}", 2, pb.RolloutGroup)
+        letters = _drain(bus, service.topic(topics.DEAD_LETTER), f"t5-{unique}", 5, pb.DeadLetter)
+        _check_verified(verified, sent)
+        _check_letters(letters)
+        assert not _drain(bus, service.topic(topics.ROLLOUTS_SCORED), f"t2-{unique}", 1, pb.RolloutGroup, timeout_s=2)
         assert not runtime.failed
 
         # and it keeps serving after the bad ones
-        follow = pb.Rollout()
-        follow.CopyFrom(good)
-        follow.rollout_id = "r-after"
-        producer.publish(service.topic(topics.ROLLOUTS_GENERATED), follow.SerializeToString(), key="r-after")
+        follow = pb.RolloutGroup()
+        follow.CopyFrom(sent["g-para"])
+        follow.group_id = "g-after"
+        producer.publish(service.topic(topics.ROLLOUTS_GENERATED), follow.SerializeToString(), key="g-after")
         producer.flush()
-        after = _drain(bus, service.topic(topics.ROLLOUTS_VERIFIED), f"t6-{unique}", 3, pb.Rollout)
-        assert "r-after" in {r.rollout_id for r in after}
+        after = _drain(bus, service.topic(topics.ROLLOUTS_VERIFIED), f"t6-{unique}", 3, pb.RolloutGroup)
+        assert "g-after" in {g.group_id for g in after}
     finally:
         runtime.shutdown()
         bus.close()
 
 
-def test_memory_bus_workers_gate_rollouts_like_kafka(val):
-    """Embedded mode: the same workers on the in-memory bus (fast, no broker)."""
+def test_memory_bus_workers_gate_groups_like_kafka(val):
+    """Embedded mode: the same worker on the in-memory bus (fast, no broker)."""
     bus = MemoryBus()
     settings = VerifierSettings(grpc_port=0, grpc_host="127.0.0.1", metrics_port=-1, poll_timeout_s=0.05)
     service = VerifierService(settings, bus)
     bus.ensure_topics(list(service.topics()))
     producer = bus.producer()
-    for rollout in _rollouts(val):
-        producer.publish(topics.ROLLOUTS_GENERATED, rollout.SerializeToString(), key=rollout.rollout_id)
+    sent = _groups(val)
+    for g in sent.values():
+        producer.publish(topics.ROLLOUTS_GENERATED, g.SerializeToString(), key=g.group_id)
+    producer.publish(topics.ROLLOUTS_GENERATED, UNDECODABLE, key="g-utf8")
     (worker,) = service.workers()
     while worker.run_once():
         pass
-    verified = _drain(bus, topics.ROLLOUTS_VERIFIED, "m1", 2, pb.Rollout, timeout_s=2)
-    scored = _drain(bus, topics.ROLLOUTS_SCORED, "m2", 2, pb.ScoredRollout, timeout_s=2)
-    letters = _drain(bus, topics.DEAD_LETTER, "m3", 3, pb.DeadLetter, timeout_s=2)
-    assert sorted(r.rollout_id for r in verified) == ["r-good", "r-para"]
-    assert sorted(s.rollout.rollout_id for s in scored) == ["r-nofact", "r-unparsed"]
-    assert sorted(letter.key for letter in letters) == [b"r-blank", b"r-empty", b"r-huge"]
-    reasons = {letter.key: letter.reason for letter in letters}
-    assert "original note is empty" in reasons[b"r-empty"]
+    _check_verified(read_all(bus, topics.ROLLOUTS_VERIFIED, "m1", pb.RolloutGroup), sent)
+    _check_letters(read_all(bus, topics.DEAD_LETTER, "m3", pb.DeadLetter))
+    assert read_all(bus, topics.ROLLOUTS_SCORED, "m2", pb.RolloutGroup) == []

@@ -126,7 +126,8 @@ class LearnerLoop:
         self.producer = bus.producer()
         self.group_id = settings.group_id or "medserl-trainer"
         self._buffer: list[PreparedGroup] = []
-        self._polled: list[Record] = []
+        self._polled: list[Record] = []  # disposed of, not committed yet
+        self._polled_at: set[tuple[str, int, int]] = set()  # their (topic, partition, offset)
         self.last_stats: StepStats | None = None
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -213,6 +214,10 @@ class LearnerLoop:
         self._idle_s += time.monotonic() - waited
         busy = time.monotonic()
         for record in records:
+            position = (record.topic, record.partition, record.offset)
+            if position in self._polled_at:
+                continue  # the same message again (a rebalance rewinds to the commit): disposed of already
+            self._polled_at.add(position)
             self._polled.append(record)
             metrics.MESSAGES_CONSUMED.labels("trainer", record.topic).inc()
             if record.topic == self.topic(DEAD_LETTER):
@@ -236,6 +241,14 @@ class LearnerLoop:
         if fate != "trained":
             self._accounting_dirty = True
 
+    def _count_duplicate(self, rollouts: int) -> None:
+        """A copy of a group already disposed of: never trained, but consumed (its copy occupies an
+        offset of rollouts.generated too, and the injector's window counts offsets)."""
+        self.fates["duplicate"] = self.fates.get("duplicate", 0) + 1
+        self.groups_consumed += 1
+        self.rollouts_consumed += rollouts
+        self._accounting_dirty = True
+
     def _group_arrived(self, record: Record) -> None:
         try:
             group = pb.RolloutGroup.FromString(record.value)
@@ -249,10 +262,7 @@ class LearnerLoop:
             return
         if group.group_id in self._remembered_set or any(p.group.group_id == group.group_id for p in self._buffer):
             metrics.DUPLICATES_SKIPPED.labels("trainer", record.topic).inc()
-            self.fates["duplicate"] = self.fates.get("duplicate", 0) + 1
-            self.groups_consumed += 1  # its copy occupies an offset of rollouts.generated too
-            self.rollouts_consumed += len(group.rollouts)
-            self._accounting_dirty = True
+            self._count_duplicate(len(group.rollouts))
             return
         staleness = self.version - group.policy_version
         metrics.RL_STALENESS.observe(max(0, staleness))
@@ -283,6 +293,9 @@ class LearnerLoop:
                 return  # not one of ours: it never took a slot of the injector's window
             key = f"{letter.source_topic}:{letter.source_partition}:{letter.source_offset}"
         if key in self._remembered_set or any(p.group.group_id == key for p in self._buffer):
+            # another copy of a group already disposed of (a redelivered seed): like a duplicate on
+            # rollouts.scored it took its own offset of rollouts.generated, so it is consumed too
+            self._count_duplicate(rollouts)
             return
         self._dispose(key, rollouts, "lost")
 
@@ -372,11 +385,11 @@ class LearnerLoop:
         self._save_state()
         self._publish(self._policy_update(checkpoint_uri=str(out_dir.resolve()), checkpoint_sha256=digest,
                                           step_group_ids=[g.group_id for g in groups]))
-        polled, self._polled = self._polled, []
         try:
-            consumer.commit(polled)
-        except BusError as exc:  # the ids are saved, so a redelivery is dropped, not double counted
-            log.warning("commit after update failed; redelivered groups will be dropped", extra={"error": str(exc)})
+            consumer.commit(self._polled)
+            self._polled, self._polled_at = [], set()
+        except BusError as exc:  # kept: redelivered records are skipped by position and committed next time
+            log.warning("commit after update failed; redelivered records will be skipped", extra={"error": str(exc)})
         self._retain(min(g.policy_version for g in groups))
         self._observe(entry)
         self.last_stats = stats

@@ -19,7 +19,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from services.common import formats
 from services.inference import GenerationParams, InferenceBackend, PolicyUpdateError
@@ -144,11 +144,13 @@ class ModelDetector(Detector):
     def checkpoint_hash(self) -> str:
         return self._hash
 
-    def detect(self, notes: Sequence[Sentences]) -> list[Detection]:
+    def detect(self, notes: Sequence[Sentences], temperature: float | None = None) -> list[Detection]:
+        """Verdicts; ``temperature`` overrides the configured sampling (a re-judge samples)."""
         if not notes:
             return []
+        params = self.params if temperature is None else replace(self.params, temperature=temperature)
         started = time.perf_counter()
-        completions = self.backend.generate([formats.assessor_messages(list(n)) for n in notes], self.params)
+        completions = self.backend.generate([formats.assessor_messages(list(n)) for n in notes], params)
         elapsed = time.perf_counter() - started
         per_note = elapsed / len(notes)
         out = []

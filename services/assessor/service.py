@@ -27,6 +27,7 @@ import grpc
 
 from medserl.v1 import assessor_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
+from services.assessor.detector import ModelDetector
 from services.common import metrics
 from services.common.notes import InvalidNote, note_sentences
 from services.common.reward import EXCLUDED, RewardWeights, needs_verdict, score_rollout
@@ -54,6 +55,7 @@ class AssessorSettings(ModelServiceSettings):
     verifier_penalty: float = RewardWeights.verifier_penalty
     format_penalty: float = RewardWeights.format_penalty
     rejudge_unparsed: bool = True  # judge an unparseable answer once more before excluding the rollout
+    rejudge_temperature: float = 0.7  # the second look samples: a greedy retry would repeat the first answer
     rate_window: int = 500  # rollouts in the detection / false-flag rate windows
     max_stream_notes: int = 10_000  # AssessMany: notes per call
 
@@ -125,10 +127,11 @@ class AssessorService(Service):
                                                         "backend": settings.backend})
 
     # --- the judgement ------------------------------------------------------------------------
-    def assess(self, notes: Sequence[list[tuple[int, str]]]) -> list[pb.AssessorVerdict]:
-        """Verdicts for notes given as numbered sentences only."""
+    def assess(self, notes: Sequence[list[tuple[int, str]]], *, rejudge: bool = False) -> list[pb.AssessorVerdict]:
+        """Verdicts for notes given as numbered sentences only (``rejudge``: sampled, for a second look)."""
         started = time.perf_counter()
-        detections = self.detector.detect(notes)
+        detections = (self.detector.detect(notes, temperature=self.settings.rejudge_temperature)
+                      if rejudge and isinstance(self.detector, ModelDetector) else self.detector.detect(notes))
         elapsed = time.perf_counter() - started
         tokens = sum(d.generated_tokens for d in detections)
         if tokens:
@@ -198,7 +201,7 @@ class AssessorService(Service):
         verdicts = self.assess(notes)
         retry = [i for i, v in enumerate(verdicts) if not v.parsed]
         if retry and self.settings.rejudge_unparsed:
-            again = self.assess([notes[i] for i in retry])
+            again = self.assess([notes[i] for i in retry], rejudge=True)
             for i, verdict in zip(retry, again, strict=True):
                 if verdict.parsed:
                     verdicts[i] = verdict

@@ -5,10 +5,10 @@ from __future__ import annotations
 SFT_VERIFIED = "sft.verified"  # SftExample the generator kept, with its passing VerificationReport
 SFT_REJECTED = "sft.rejected"  # SftExample the generator dropped, with the failed checks
 NOTES_SEED = "notes.seed"  # Note, seed notes for the RL pool
-ROLLOUTS_GENERATED = "rollouts.generated"  # Rollout, injector -> verifier
-ROLLOUTS_VERIFIED = "rollouts.verified"  # Rollout with verification, verifier -> assessor
-ROLLOUTS_SCORED = "rollouts.scored"  # ScoredRollout, assessor -> learner
-POLICY_UPDATES = "policy.updates"  # PolicyUpdate, learner -> injector
+ROLLOUTS_GENERATED = "rollouts.generated"  # RolloutGroup, injector -> verifier
+ROLLOUTS_VERIFIED = "rollouts.verified"  # RolloutGroup, every parsed rollout verified, verifier -> assessor
+ROLLOUTS_SCORED = "rollouts.scored"  # RolloutGroup, every rollout rewarded, assessor -> learner
+POLICY_UPDATES = "policy.updates"  # PolicyUpdate (versions and accounting), learner -> injector
 DEAD_LETTER = "deadletter"  # DeadLetter, from every service
 
 ALL_TOPICS = (

@@ -21,7 +21,9 @@ groups in flight, where in flight = groups ever written to ``rollouts.generated`
 minus the groups the learner says it has disposed of (``PolicyUpdate.groups_consumed``: trained,
 stale, duplicate, quarantined or dead-lettered on the way). When the learner has waited for input
 too long it says how many rollouts it still wants (``rollouts_wanted``) and the injector grants
-them once per such update, even past the window: a loss the counts cannot see never stalls the loop.
+them, even past the window: a loss the counts cannot see never stalls the loop. A request replaces
+the grant still unused (it is not added to it), so repeated requests while seeds are missing, or every
+request replayed to a restarted injector, never add up to an unbounded burst past the window.
 When the budget is spent the seed worker stops polling (seeds wait in the topic; nothing is dropped).
 
 gRPC ``medserl.v1.Injector``: ``Inject(note, mode)`` returns a group's rollouts without publishing
@@ -137,13 +139,19 @@ class PolicyState:
             self.groups_consumed = max(self.groups_consumed, update.groups_consumed)
             if update.version > self.learner_version:
                 self.learner_version = update.version
-            if update.rollouts_wanted > 0:
-                self.credit += math.ceil(update.rollouts_wanted / self.settings.group_size)
+            if update.rollouts_wanted > 0:  # the newest request, not the sum of every request ever made
+                self.credit = max(self.credit, math.ceil(update.rollouts_wanted / self.settings.group_size))
             self._changed.notify_all()
 
     def update(self, update: pb.PolicyUpdate) -> bool:
-        """Load a newer version (older or equal versions are ignored). True when it switched."""
-        self.account(update)
+        """Load a newer version (older or equal versions are ignored), then account the update (also when
+        loading fails): the budget it frees is spent by the version it announces. True when it switched."""
+        try:
+            return self._load(update)
+        finally:
+            self.account(update)
+
+    def _load(self, update: pb.PolicyUpdate) -> bool:
         if update.version <= self.version or not update.checkpoint_uri:
             return False
         if self.settings.verify_checkpoint_sha256:
@@ -375,19 +383,20 @@ class InjectorService(Service):
         return results
 
     def _handle_updates(self, updates: list[pb.PolicyUpdate]) -> list:
-        """Account every update; load only the newest version of a batch (older ones are superseded)."""
+        """Load only the newest version of a batch (older ones are superseded), then account every
+        update. In that order: a restarted injector replaying the topic opens its admission window only
+        once the newest policy is loaded, so it never writes a burst of groups with a stale policy."""
         results: list = [[] for _ in updates]
+        newest = max(range(len(updates)), key=lambda i: updates[i].version, default=None)
+        if newest is not None:
+            try:
+                self.policy.update(updates[newest])
+            except PolicyUpdateError as exc:
+                log.error("policy update not loaded; keeping the current version",
+                          extra={"version": updates[newest].version, "error": str(exc)[:300]})
+                results[newest] = InvalidInput(f"policy update v{updates[newest].version} not loaded: {exc}")
         for update in updates:
             self.policy.account(update)
-        newest = max(range(len(updates)), key=lambda i: updates[i].version, default=None)
-        if newest is None:
-            return results
-        try:
-            self.policy.update(updates[newest])
-        except PolicyUpdateError as exc:
-            log.error("policy update not loaded; keeping the current version",
-                      extra={"version": updates[newest].version, "error": str(exc)[:300]})
-            results[newest] = InvalidInput(f"policy update v{updates[newest].version} not loaded: {exc}")
         return results
 
     # --- runtime hooks --------------------------------------------------------------------------

@@ -17,6 +17,32 @@
 In ``paraphrase`` and ``inject`` mode a non-negative ``error_sentence_id`` is the id the edit claims
 to have changed (``changed_id_matches_claim``); an id outside the note is a bad request.
 
+Precision on safe paraphrases (issue 15): in RL a false rejection is a penalty for correct behaviour,
+so the entity checks tell a rewording from a changed fact (``services/verifier/entities.py``):
+
+* Common words in context: a medical-vocabulary word that is also everyday English ("presence",
+  "onset", "identified"; ``lexicons.COMMON_ENGLISH``) is a weak term (``~word``). ``term_preserved``
+  and inject's ``clinical_entity_changed`` count weak terms only where the sentence's clinical
+  entities change too; on their own they are wording. English words that do change a finding
+  ("major"/"minor", "low") are ordinary terms (``lexicons.CLINICAL_MODIFIERS``).
+* Word forms: a disease, term or procedure still present in the other sentence in another form
+  ("is enlarged" / "enlargement", "was intubated" / "underwent intubation") is not a change; a
+  procedure's names are one procedure ("EKG" = "electrocardiogram", "CT" = "computed tomography"),
+  an abbreviation and its spelled-out diagnosis are one disease ("PTSD"), words of a vital/lab name
+  ("blood pressure") and of a whole entity are not terms of their own.
+* Eponyms: a capitalised word mid-sentence is a term (an eponym such as "Tanner"), but not the first
+  word after a sentence opener ("Of note, Physical examination ...", "Notably, Gram stain ...").
+* Negation scope ends at the clause's verb ("No abnormalities are shown on an electrocardiogram"
+  negates no procedure); "refrain from" is a negation cue.
+* Inject-mode fallback for swaps between clinical terms outside ICD-10-CM: words shaped like a
+  clinical term ("fibroma" -> "thecoma", "IgG" -> "IgM"; ``lexicons.CLINICAL_SUFFIXES`` and
+  ``CLINICAL_WORDS``) are terms, an ordinal before a diagnosis is one ("second branchial cleft cyst"),
+  an organism's type number is part of it ("herpes simplex virus type 2"), dose frequencies
+  ("weekly") are quantities; when still nothing changed, a swapped word one typing slip from a drug
+  or procedure name ("wafarin") counts as a changed term (and fails ``term_preserved`` in paraphrase
+  mode). Inject's length bounds measure a sentence
+  under ``INJECT_LENGTH_FLOOR`` characters as that long, so a short sentence may become a normal one.
+
 Why named checks: the SFT report shows pass rates per check, and the RL gate tells the learner why a
 rollout was rejected.
 """
@@ -31,7 +57,7 @@ from dataclasses import dataclass, field
 from medserl.v1 import messages_pb2 as pb
 from services.common.formats import ERROR_TYPES  # the one list of MEDEC error types
 from services.common.notes import MAX_NOTE_CHARS, MAX_SENTENCES
-from services.verifier.entities import ENTITY_KINDS, entity_diff
+from services.verifier.entities import ENTITY_KINDS, entity_diff, near_clinical_word
 
 MODES = ("paraphrase", "medec_incorrect", "inject")
 MODE_TO_PROTO = {"paraphrase": pb.MODE_PARAPHRASE, "inject": pb.MODE_INJECT, "medec_incorrect": pb.MODE_MEDEC_INCORRECT}
@@ -41,6 +67,10 @@ PROTO_TO_MODE = {v: k for k, v in MODE_TO_PROTO.items()}
 PARAPHRASE_LENGTH = (0.5, 2.0)
 INJECT_LENGTH = (0.3, 3.0)
 MIN_SENTENCE_CHARS = 3
+# inject mode measures both sentences as at least this long: a short sentence may become a normal one
+# ("Colposcopy is ordered." -> a 94-character follow-up plan is a real MEDEC error), and a long one may
+# become a short one ("Chest tube was placed.")
+INJECT_LENGTH_FLOOR = 40
 
 # Which changed entity kinds make each claimed MEDEC error type plausible.
 # ("term" = a word of the medical vocabulary changed where no whole entity did.)
@@ -154,12 +184,13 @@ def _diff_checks(original: Sequence[tuple[int, str]], modified: Sequence[tuple[i
     return changed_all
 
 
-def _length_check(before: str, after: str, bounds: tuple[float, float]) -> CheckResult:
+def _length_check(before: str, after: str, bounds: tuple[float, float], floor: int = 1) -> CheckResult:
     lo, hi = bounds
-    ratio = len(after) / max(1, len(before))
+    ratio = max(floor, len(after)) / max(floor, len(before))
     ok = lo <= ratio <= hi and len(after.strip()) >= MIN_SENTENCE_CHARS
+    measured = f" (lengths under {floor} count as {floor})" if floor > 1 else ""
     return CheckResult("length_within_bounds", ok, f"new/old length {len(after)}/{len(before)} = {ratio:.2f} "
-                       f"(allowed {lo}-{hi})")
+                       f"(allowed {lo}-{hi}){measured}")
 
 
 def _fmt(items: list[str]) -> str:
@@ -201,11 +232,19 @@ def verify(mode: str, original: list[tuple[int, str]], modified: list[tuple[int,
                                   ("no sentence changed" if target is None else "only whitespace or case changed")))
         diff = entity_diff(before, after) if target is not None else {}
         if mode == "paraphrase":
+            others_changed = any(kind != "term" for kind in diff)
             for kind in ENTITY_KINDS:
                 removed, added = diff.get(kind, ([], []))
-                ok = target is not None and not removed and not added
+                changed = removed + added
+                if kind == "term" and not others_changed:
+                    changed = [k for k in changed if not k.startswith("~")]  # wording, no clinical change
+                ok = target is not None and not changed
                 detail = "preserved" if ok else ("no changed sentence to compare" if target is None else
                                                  f"removed [{_fmt(removed)}] added [{_fmt(added)}]")
+                if kind == "term" and ok and not diff:
+                    slips = _slipped_words(before, after)  # "Heparin and wafarin" -> "Heparin"
+                    if slips:
+                        ok, detail = False, f"changed a word one slip from a clinical term [{_fmt(slips)}]"
                 checks.append(CheckResult(PRESERVE_CHECKS[kind], ok, detail))
             checks.append(_length_check(before, after, PARAPHRASE_LENGTH) if target is not None
                           else CheckResult("length_within_bounds", False, "no changed sentence"))
@@ -221,10 +260,23 @@ def _inject_checks(diff: dict, target: int | None, before: str, after: str, clai
     # a medical word added while every original word stays is elaboration ("clear to auscultation and
     # percussion"), not an error: a term counts when one was removed, or added in place of other words
     # ("seminoma" -> "teratoma" where only the new word is in the vocabulary). Whole entities count
-    # whenever added or removed.
-    replaced = bool(_content_words(before) - _content_words(after))
-    entity_changed = [k for k in changed_kinds if k != "term" or diff[k][0] or replaced]
+    # whenever added or removed; everyday-English terms ("~presence") never on their own.
+    before_words = _content_words(before)
+    gone = before_words - _content_words(after)
+    removed_terms, added_terms = diff.get("term", ([], []))
+    strong_removed = [k for k in removed_terms if not k.startswith("~")]
+    strong_added = [k for k in added_terms if not k.startswith("~")]
+    # "blanching" -> "non-blanching" replaces the finding even though no word went
+    replaced = bool(gone) or any(k.startswith("non") and k[3:] in before_words for k in strong_added)
+    entity_changed = [k for k in changed_kinds
+                      if k != "term" or strong_removed or (strong_added and replaced)]
     summary = "; ".join(f"{k}: -[{_fmt(r)}] +[{_fmt(a)}]" for k, (r, a) in diff.items())
+    if not entity_changed and target is not None:
+        # fallback: a swapped word one typing slip from a drug or procedure name ("wafarin")
+        slips = _slipped_words(before, after)
+        if slips:
+            entity_changed = ["term"]
+            summary = f"term: near a clinical word [{_fmt(slips)}]"
     checks.append(CheckResult("clinical_entity_changed", target is not None and bool(entity_changed),
                               summary if entity_changed else "no clinical fact was added, removed or swapped"))
     if claimed is None or claimed == "":
@@ -239,13 +291,19 @@ def _inject_checks(diff: dict, target: int | None, before: str, after: str, clai
                                       f"{canonical} fits the changed {', '.join(sorted(fits))}" if fits else
                                       f"{canonical} needs a change in {', '.join(sorted(TYPE_FITS[canonical]))}; "
                                       f"changed: {', '.join(entity_changed) or 'nothing'}"))
-    checks.append(_length_check(before, after, INJECT_LENGTH) if target is not None
+    checks.append(_length_check(before, after, INJECT_LENGTH, INJECT_LENGTH_FLOOR) if target is not None
                   else CheckResult("length_within_bounds", False, "no changed sentence"))
 
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset("the a an of and or to in on at for with is was are were be been has had have this that "
                   "it its his her their patient patients which who as by from".split())
+
+
+def _slipped_words(before: str, after: str) -> list[str]:
+    """Words removed or added that no lexicon knows but that are one typing slip from a clinical term."""
+    a, b = _content_words(before), _content_words(after)
+    return sorted(w for w in a ^ b if near_clinical_word(w))
 
 
 def _content_words(text: str) -> set[str]:

@@ -15,8 +15,19 @@ Kinds (``ENTITY_KINDS``):
 * ``laterality``: left / right / bilateral / unilateral.
 * ``procedure``: tests, imaging, surgery and other management actions.
 * ``term``: a word of the medical vocabulary (ICD-10-CM A-T descriptions and drug names, less
-  English stop words and general clinical-prose words): catches "scaphoid" -> "trapezium" or
-  "oligoarticular" -> "systemic", where the whole-entity lexicons see the same head ("fracture").
+  English stop words and general clinical-prose words) outside every whole entity: catches
+  "scaphoid" -> "trapezium" or "oligoarticular" -> "systemic", where the whole-entity lexicons see
+  the same head ("fracture"). Also clinical words outside ICD-10-CM by their shape ("thecoma"), an
+  ordinal before a diagnosis ("second branchial cleft cyst") and capitalised eponyms mid-sentence
+  (not the first word after an opener such as "Of note,"). A vocabulary word that is everyday
+  English ("presence", "onset") is keyed ``~word``: the checks count it only where the sentence's
+  clinical entities change as well.
+
+Inflection is not a change of fact: ``entity_diff`` drops a disease/term/procedure that the other
+sentence still has in another word form ("is enlarged" / "enlargement", "was intubated" /
+"underwent intubation", "surgically excised" / "surgical excision"), and negated facts are keyed by
+word family. A laterality word in a sentence with two sides is also bound to the finding it
+qualifies ("brisk in the left eye and absent in the right eye"), so swapping the sides is a change.
 
 All matching is on lower-cased word tokens with compiled regexes and dictionary lookups: no model,
 so a verification takes microseconds.
@@ -29,7 +40,14 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from services.verifier.lexicons import get_lexicon
+from services.verifier.lexicons import (
+    CLINICAL_PREFIXES,
+    CLINICAL_SUFFIXES,
+    COMMON_ENGLISH,
+    NOT_CLINICAL,
+    get_lexicon,
+    word_family,
+)
 
 ENTITY_KINDS = ("drug", "disease", "organism", "quantity", "measurement", "negation", "laterality", "procedure", "term")
 
@@ -126,11 +144,19 @@ _TOKEN_SPAN = re.compile(r"[a-z0-9]+")
 
 _LABEL_PHRASES = {" ".join(re.findall(r"[a-z0-9]+", k)): v for k, v in _LABELS.items()}
 _LABEL_MAX = max(len(k.split()) for k in _LABEL_PHRASES)
+_LABEL_BREAKERS = frozenset("loss gain bearing change changes".split())
+_WORD_AFTER = re.compile(r"\s+[a-z]")
+# adjacent word pairs of multi-word labels: "blood pressure", "body mass index" are a label, not terms
+_LABEL_BIGRAMS = frozenset((a, b) for k in _LABEL_PHRASES
+                           for a, b in zip(k.split(), k.split()[1:], strict=False))
 
 _NEGATION_WORDS = frozenset("no not denies denied deny denying without absent never none neither nor cannot".split())
 _NEGATION_BIGRAMS = frozenset({"negative for", "absence of", "free of", "ruled out", "rules out", "unable to",
-                               "fails to", "failed to", "rule out"})
-_SCOPE_END_WORDS = frozenset("but however although though except yet whereas which".split())
+                               "fails to", "failed to", "rule out", "refrain from", "refrained from",
+                               "refrains from"})
+# a negation's scope ends at the clause's verb: "No abnormalities are shown on an electrocardiogram"
+# does not negate the electrocardiogram
+_SCOPE_END_WORDS = frozenset("but however although though except yet whereas which is are was were".split())
 _SCOPE_END_PUNCT = re.compile(r"[.;:]")
 _LATERAL = {"left": "left", "right": "right", "bilateral": "bilateral", "bilaterally": "bilateral",
             "unilateral": "unilateral", "unilaterally": "unilateral", "contralateral": "contralateral",
@@ -147,8 +173,17 @@ _PROC_WORDS = frozenset(
     infusion immobilization reduction fixation ablation embolization thrombolysis cesarean delivery induction
     amniotomy cerclage transplant transplantation test testing vaccine vaccination vaccinated hospitalization
     hospitalized ventilation bipap cpap brace prosthesis repositioning physiotherapy rehabilitation discharge
-    discharged consult consultation ligated ligation suture sutured incision amputation""".split()
+    discharged consult consultation ligated ligation suture sutured incision amputation consulted ventilated
+    excised resected transfused biopsied immunized catheterized discontinued discontinuation
+    withheld""".split()
 )
+# one procedure, several names: the key is the first
+_PROC_SYNONYMS = {name: group[0] for group in (
+    ("ecg", "ekg", "electrocardiogram", "electrocardiography"), ("ct", "ct scan", "computed tomography"),
+    ("mri", "magnetic resonance imaging"), ("x ray", "x rays", "radiograph", "radiographs"),
+    ("ultrasound", "ultrasonography", "sonography"),
+    ("eeg", "electroencephalogram", "electroencephalography"),
+    ("lumbar puncture", "spinal tap")) for name in group}
 _PROC_PHRASES = frozenset({"x ray", "x rays", "ct scan", "lumbar puncture", "spinal tap", "pet scan", "physical therapy",
                            "mechanical ventilation", "computed tomography", "magnetic resonance imaging", "follow up",
                            "plasma exchange", "watchful waiting", "expectant management", "chest tube",
@@ -170,6 +205,17 @@ _KNOWN_ABBREVIATED_SPECIES = frozenset(
     jejuni fumigatus neoformans immitis capsulatum viridans mutans bovis gallolyticus acnes mirabilis
     catarrhalis pertussis henselae israelii""".split()
 )
+_ORDINALS = {w: str(i) for i, group in enumerate((("first", "1st"), ("second", "2nd"), ("third", "3rd"),
+                                                   ("fourth", "4th"), ("fifth", "5th"), ("sixth", "6th")),
+                                                  start=1)
+             for w in group}
+# how often (a dose's frequency): "weekly" -> "daily" is a changed dose
+_FREQUENCY = {"daily": "day", "nightly": "night", "weekly": "week", "monthly": "month", "hourly": "hour",
+              "yearly": "year", "annually": "year", "biweekly": "2 week"}
+_CLAUSE_WORDS = frozenset("and but or while whereas although though".split())
+_BIND_SKIP = frozenset("the a an of in on at to for with is was are were be been has had have this that it "
+                       "its his her their patient which who as by from both side sided".split())
+_OPENER = re.compile(r"\s*(?:[A-Za-z]+\s+){0,3}[A-Za-z]+,\s+")
 
 
 @dataclass(frozen=True)
@@ -206,8 +252,8 @@ def _quantities(text: str) -> list[Entity]:
         unit = ""
         if m.group("old"):
             unit = re.sub(r"^-|s?-old$", "", m.group("old")).rstrip("s")
-        elif m.group("unit"):
-            unit = _UNIT_CANON.get(m.group("unit").lower(), m.group("unit").lower())
+        elif m.group("unit") and not (m.group("unit").lower() == "in" and _WORD_AFTER.match(text, m.end())):
+            unit = _UNIT_CANON.get(m.group("unit").lower(), m.group("unit").lower())  # "10 in intensity": no inch
         if not m.group("unit") and not m.group("old") and _ORDINAL_CONTEXT.search(text[: m.start()]):
             unit = "#"  # "type 2", "grade 3", "day 5": a label, still a fact to keep
         out.append(Entity("quantity", f"{value}{(' ' + unit) if unit else ''}", m.start(), m.end()))
@@ -289,7 +335,8 @@ def _measurements(tokens: list[tuple[str, int, int]], quantities: list[Entity], 
         if hit is None:
             i += 1
             continue
-        labels.append((tokens[i][1], tokens[hit[0]][2], hit[1]))
+        if hit[0] + 1 >= n or tokens[hit[0] + 1][0] not in _LABEL_BREAKERS:  # "weight loss" is no weight
+            labels.append((tokens[i][1], tokens[hit[0]][2], hit[1]))
         i = hit[0] + 1
     out: list[Entity] = []
     if not labels:
@@ -304,20 +351,52 @@ def _measurements(tokens: list[tuple[str, int, int]], quantities: list[Entity], 
     return out
 
 
+family = lru_cache(maxsize=65536)(word_family)  # "enlarged", "enlargement" -> "enlarg"
+
+
+def clinical_shape(word: str) -> bool:
+    """A clinical word outside the lexicons by its form: a tumour, inflammation or condition name
+    ("thecoma", "hemangioblastoma", "plasmapheresis") or a hypo-/hyper- finding ("hypoechoic")."""
+    shaped = ((len(word) >= 6 and word.endswith(CLINICAL_SUFFIXES))
+              or (len(word) >= 8 and word.startswith(CLINICAL_PREFIXES)))
+    return shaped and word not in NOT_CLINICAL
+
+
+def _opener_end(sentence: str) -> int:
+    """Where the first word after an opener ("Of note,", "Notably,", "In addition,") starts, else -1."""
+    m = _OPENER.match(sentence)
+    return m.end() if m else -1
+
+
 def _terms(sentence: str, tokens: list[tuple[str, int, int]], entities: list[Entity],
            vocabulary: frozenset[str]) -> list[Entity]:
     """Medical words: the modifiers that make a diagnosis or a procedure what it is ("scaphoid fracture",
-    "oligoarticular arthritis", "radical orchiectomy"). Words inside a drug, organism or laterality
-    mention, or in a number/vital/lab with its unit and label, are those kinds' business (a brand and its
-    generic are one drug; "pulse 106/min" and "heart rate 106 beats per minute" are one measurement)."""
-    excluded = [(e.start, e.end) for e in entities
-                if e.kind in ("drug", "organism", "laterality", "quantity", "measurement")]
+    "oligoarticular arthritis", "radical orchiectomy"). Words inside a whole entity (drug, disease,
+    organism, procedure, laterality, a number/vital/lab with its unit and label, a vital/lab name) are
+    that entity's business (a brand and its generic are one drug; "pulse 106/min" and "heart rate 106
+    beats per minute" are one measurement). Everyday English words of the vocabulary are keyed ``~word``."""
+    excluded = [(e.start, e.end) for e in entities if e.kind != "negation"]
+    opener = _opener_end(sentence) if sentence[:1].isupper() else -1
+    disease_starts = {e.start for e in entities if e.kind == "disease"}
     out = []
-    for word, start, end in tokens:
-        eponym = (start > 1 and len(word) >= 4 and sentence[start].isupper() and sentence[start - 1] == " "
-                  and sentence[start - 2] not in ".!?:")
-        if (word in vocabulary or eponym) and not any(a <= start < b for a, b in excluded):
-            out.append(Entity("term", word, start, end))
+    n = len(tokens)
+    skip = -1
+    for i, (word, start, end) in enumerate(tokens):
+        if i == skip or any(a <= start < b for a, b in excluded):
+            continue
+        if ((i + 1 < n and (word, tokens[i + 1][0]) in _LABEL_BIGRAMS)
+                or (i and (tokens[i - 1][0], word) in _LABEL_BIGRAMS)):
+            continue
+        if word == "non" and i + 1 < n and sentence[end:end + 1] == "-":
+            out.append(Entity("term", f"non{tokens[i + 1][0]}", start, tokens[i + 1][2]))  # "non-blanching"
+            skip = i + 1
+        elif word in vocabulary:
+            out.append(Entity("term", f"~{word}" if word in COMMON_ENGLISH else word, start, end))
+        elif (start > 1 and len(word) >= 4 and sentence[start].isupper() and sentence[start - 1] == " "
+              and sentence[start - 2] not in ".!?:" and start != opener) or clinical_shape(word):
+            out.append(Entity("term", word, start, end))  # an eponym ("Tanner", "Gram") or a clinical word
+        elif word in _ORDINALS and any(t[1] in disease_starts for t in tokens[i + 1:i + 4]):
+            out.append(Entity("term", f"ord:{_ORDINALS[word]}", start, end))  # "second branchial cleft cyst"
     return out
 
 
@@ -328,19 +407,61 @@ def _tokens(sentence: str) -> list[tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in _TOKEN_SPAN.finditer(lower)]
 
 
+def _organism_strain(e: Entity, tokens: list[tuple[str, int, int]], by_start: dict[int, int]) -> Entity:
+    """"Herpes simplex virus type 2", "human herpesvirus 8": the type number is part of the organism."""
+    i = by_start.get(e.start)
+    if i is None:
+        return e
+    j = i
+    while j < len(tokens) and tokens[j][2] <= e.end:
+        j += 1
+    if j < len(tokens) and tokens[j][0] == "type" and j + 1 < len(tokens) and tokens[j + 1][0].isdigit():
+        return Entity("organism", f"{e.key} {tokens[j + 1][0]}", e.start, e.end)
+    if j < len(tokens) and tokens[j][0].isdigit() and len(tokens[j][0]) <= 2 and tokens[j][1] - e.end <= 1:
+        return Entity("organism", f"{e.key} {tokens[j][0]}", e.start, e.end)
+    return e
+
+
+def _laterality_bindings(sentence: str, tokens: list[tuple[str, int, int]],
+                         sides: list[tuple[int, str]]) -> list[Entity]:
+    """With two sides in one sentence, each side is also keyed by the word it qualifies in its clause:
+    the nearest content word before it ("brisk in the left eye" -> left@brisk), else after it."""
+    out = []
+    for i, side in sides:
+        bound = ""
+        for j in range(i - 1, -1, -1):
+            word = tokens[j][0]
+            if word in _CLAUSE_WORDS or re.search(r"[,;:]", sentence[tokens[j][2]:tokens[j + 1][1]]):
+                break
+            if word not in _BIND_SKIP and word not in _LATERAL and len(word) > 2 and not word.isdigit():
+                bound = family(word)
+                break
+        if not bound:
+            for j in range(i + 1, len(tokens)):
+                word = tokens[j][0]
+                if word in _CLAUSE_WORDS or re.search(r"[,;:]", sentence[tokens[j - 1][2]:tokens[j][1]]):
+                    break
+                if word not in _BIND_SKIP and word not in _LATERAL and len(word) > 2 and not word.isdigit():
+                    bound = ">" + family(word)
+                    break
+        out.append(Entity("laterality", f"{side}@{bound}", tokens[i][1], tokens[i][2]))
+    return out
+
+
 @lru_cache(maxsize=16384)
 def extract_entities(sentence: str) -> tuple[Entity, ...]:
     """Every clinical fact in one sentence (cached: the same sentence is checked many times)."""
     lexicon = get_lexicon()
     tokens = _tokens(sentence)
+    by_start = {t[1]: i for i, t in enumerate(tokens)}
     entities: list[Entity] = []
-    organisms = _organisms(sentence, tokens, lexicon.genera)
+    organisms = [_organism_strain(o, tokens, by_start) for o in _organisms(sentence, tokens, lexicon.genera)]
     entities.extend(organisms)
     for e in _lexicon_entities(tokens, lexicon.terms, lexicon.prefixes):
         if any(o.start <= e.start < o.end or e.start <= o.start < e.end for o in organisms):
             continue  # the binomial already covers it
         if e.kind == "organism":
-            e = Entity("organism", _organism_key(e.key), e.start, e.end)
+            e = _organism_strain(Entity("organism", _organism_key(e.key), e.start, e.end), tokens, by_start)
         entities.append(e)
     # most sentences have no number at all: skip the quantity regex for them
     has_number = any(c.isdigit() for c in sentence) or any(
@@ -352,29 +473,51 @@ def extract_entities(sentence: str) -> tuple[Entity, ...]:
     vocabulary = lexicon.vocabulary
     n = len(tokens)
     cues: list[int] = []  # end offsets of negation cues
+    verbal: list[int] = []  # token indices of "not", "n't", "never": they negate the predicate after them
+    sides: list[tuple[int, str]] = []
+    phrase_end = -1  # the last token of a procedure phrase already taken
     for i, (word, start, end) in enumerate(tokens):
         if word in _LATERAL:
             entities.append(Entity("laterality", _LATERAL[word], start, end))
+            sides.append((i, _LATERAL[word]))
+        if word in _FREQUENCY:
+            entities.append(Entity("quantity", f"every {_FREQUENCY[word]}", start, end))
         if word in _NEGATION_WORDS:
             cues.append(end)
+            if word in ("not", "never"):
+                verbal.append(i)
         elif word == "t" and i > 0 and tokens[i - 1][0].endswith("n") and sentence[start - 1:start] in ("'", "\u2019"):
             cues.append(end)
-        if word in _PROC_WORDS or (len(word) > 6 and word.endswith(_PROC_SUFFIXES)):
-            entities.append(Entity("procedure", word, start, end))
-            continue
-        if word not in _PHRASE_FIRST_WORDS or i + 1 >= n:
-            continue
-        bigram = f"{word} {tokens[i + 1][0]}"
-        if bigram in _NEGATION_BIGRAMS:
-            cues.append(tokens[i + 1][2])
-        elif bigram in _PROC_PHRASES:
-            entities.append(Entity("procedure", bigram, start, tokens[i + 1][2]))
-        elif i + 2 < n and f"{bigram} {tokens[i + 2][0]}" in _PROC_PHRASES:
-            entities.append(Entity("procedure", f"{bigram} {tokens[i + 2][0]}", start, tokens[i + 2][2]))
+            verbal.append(i)
+        if word in _PHRASE_FIRST_WORDS and i + 1 < n:
+            bigram = f"{word} {tokens[i + 1][0]}"
+            trigram = f"{bigram} {tokens[i + 2][0]}" if i + 2 < n else ""
+            if bigram in _NEGATION_BIGRAMS:
+                cues.append(tokens[i + 1][2])
+            elif trigram in _PROC_PHRASES:
+                name = _PROC_SYNONYMS.get(trigram, trigram)
+                entities.append(Entity("procedure", name, start, tokens[i + 2][2]))
+                phrase_end = i + 2
+            elif bigram in _PROC_PHRASES:
+                name = _PROC_SYNONYMS.get(bigram, bigram)
+                entities.append(Entity("procedure", name, start, tokens[i + 1][2]))
+                phrase_end = i + 1
+        if i > phrase_end and (word in _PROC_WORDS or (len(word) > 6 and word.endswith(_PROC_SUFFIXES))):
+            entities.append(Entity("procedure", _PROC_SYNONYMS.get(word, word), start, end))
+    if len({side for _, side in sides}) > 1:
+        entities.extend(_laterality_bindings(sentence, tokens, sides))
     entities.extend(_terms(sentence, tokens, entities, vocabulary))
     if cues:
-        # negation: the facts inside each cue's scope (to the end of the clause)
+        # negation: the facts inside each cue's scope (to the end of the clause), keyed by word family
         facts = [e for e in entities if e.kind in ("drug", "disease", "organism", "procedure")]
+        # a predicate term right after "not" ("the lesions are not painful", "not very tender"); the object
+        # of a negated verb ("does not have lymphadenopathy") is left to the clause-scope rule above
+        predicates = {tokens[i + 1][1] for i in verbal if i + 1 < n}
+        predicates |= {tokens[i + 2][1] for i in verbal if i + 2 < n and (tokens[i + 1][0] == "very"
+                                                                          or tokens[i + 1][0].endswith("ly"))}
+        for e in entities:
+            if e.kind == "term" and not e.key.startswith("~") and e.start in predicates:
+                entities.append(Entity("negation", f"neg:term:{family(e.key)}", e.start, e.end))
         for cue_end in cues:
             punct = _SCOPE_END_PUNCT.search(sentence, cue_end)
             scope_end = punct.start() if punct else len(sentence)
@@ -384,7 +527,8 @@ def extract_entities(sentence: str) -> tuple[Entity, ...]:
                     break
             for e in facts:
                 if cue_end <= e.start < scope_end:
-                    entities.append(Entity("negation", f"neg:{e.kind}:{e.key}", cue_end, e.end))
+                    key = " ".join(family(w) for w in e.key.split())
+                    entities.append(Entity("negation", f"neg:{e.kind}:{key}", cue_end, e.end))
         entities.append(Entity("negation", "negated", 0, 0))
     return tuple(entities)
 
@@ -405,8 +549,32 @@ def entity_counts(sentence: str) -> dict[str, Counter]:
     return {kind: Counter(counts.get(kind, ())) for kind in ENTITY_KINDS}
 
 
+@lru_cache(maxsize=16384)
+def _families(sentence: str) -> tuple[str, ...]:
+    return tuple(family(t[0]) for t in _tokens(sentence))
+
+
+_REWORDABLE = ("disease", "term", "procedure")
+
+
+def _reworded(key: str, kind_keys: Counter, other: str) -> bool:
+    """Whether ``key`` (removed from or added to one sentence) is still in ``other`` in another word form:
+    its words' families occur there in order, and ``other`` does not have the same fact under this key
+    (so a fact stated twice in place of once is still a change)."""
+    if key in kind_keys:
+        return False
+    words = [family(w) for w in key.lstrip("~").split()]
+    fams = _families(other)
+    if len(words) == 1:
+        return words[0] in fams
+    k = len(words)
+    return any(list(fams[i:i + k]) == words for i in range(len(fams) - k + 1))
+
+
 def entity_diff(before: str, after: str) -> dict[str, tuple[list[str], list[str]]]:
-    """Per kind, the facts removed from and added to ``before`` (only kinds that differ)."""
+    """Per kind, the facts removed from and added to ``before`` (only kinds that differ). A disease, term
+    or procedure that the other sentence holds in another word form (a nominalisation, an inflection)
+    is not a change."""
     a, b = _counts(before), _counts(after)
     out: dict[str, tuple[list[str], list[str]]] = {}
     empty: Counter = Counter()
@@ -416,6 +584,36 @@ def entity_diff(before: str, after: str) -> dict[str, tuple[list[str], list[str]
             continue
         removed = sorted((ca - cb).elements())
         added = sorted((cb - ca).elements())
+        if kind in _REWORDABLE:
+            removed = [k for k in removed if not _reworded(k, cb, after)]
+            added = [k for k in added if not _reworded(k, ca, before)]
         if removed or added:
             out[kind] = (removed, added)
     return out
+
+
+def near_clinical_word(word: str) -> bool:
+    """Whether ``word`` is no known word (ICD-10-CM, drug names, stop lists, in any inflection) but one
+    typing slip (a letter dropped, added, changed or two swapped) from a drug name, a procedure word or
+    a clinical word shape ("wafarin", "plasmapharesis"): the inject-mode fallback for a misspelt
+    clinical term. Costs ~50 dictionary lookups per letter, so it is only asked when nothing else changed."""
+    if len(word) < 6 or not word.isalpha():
+        return False
+    lexicon = get_lexicon()
+    if (family(word) in lexicon.known_families or word in _PROC_WORDS or clinical_shape(word)
+            or word.endswith(_PROC_SUFFIXES)):
+        return False
+    terms = lexicon.terms
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    variants = {a + b[1:] for a, b in splits if b}
+    variants |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+    variants |= {a + c + b[1:] for a, b in splits if b for c in letters}
+    variants |= {a + c + b for a, b in splits for c in letters}
+    variants.discard(word)
+    for v in variants:
+        hit = terms.get(v)
+        if (hit is not None and hit[0] == "drug") or v in _PROC_WORDS or clinical_shape(v) or (
+                len(v) > 6 and v.endswith(_PROC_SUFFIXES)):
+            return True
+    return False

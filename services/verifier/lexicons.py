@@ -9,7 +9,12 @@ Sources (PyPI packages that ship their data; nothing is downloaded at run time):
   release): every code's description and inclusion terms, cut to their head terms
   ("Pneumonia due to Klebsiella pneumoniae" -> "pneumonia due to klebsiella pneumoniae", "pneumonia").
 * common clinical abbreviations (MI, CHF, COPD...) and pathogen genera: short lists below, because
-  the ICD-10-CM descriptions spell these out.
+  the ICD-10-CM descriptions spell these out. An abbreviation and its spelled-out form share one key,
+  and a hyphenated ICD term also matches its joined spelling ("gastro-esophageal" = "gastroesophageal").
+* word classes for the ``term`` check (issue 15): ``COMMON_ENGLISH`` (words of the ICD-10-CM
+  vocabulary that are everyday English, counted only where a sentence's clinical entities change),
+  ``CLINICAL_MODIFIERS`` (English words that change a finding: "major"/"minor", "low"), and the
+  clinical word shapes beyond ICD-10-CM (``CLINICAL_SUFFIXES``, ``CLINICAL_WORDS``: "thecoma", "IgM").
 
 The compiled matcher is pickled under ``$MEDSERL_CACHE`` (default ``~/.cache/medserl``) keyed by the
 package versions, so a second process starts in a fraction of a second.
@@ -102,6 +107,44 @@ _COMMON_WORDS = frozenset(
     work worker daily weekly monthly several various because since there these those would could should
     however although""".split()
 )
+# Everyday English words that ICD-10-CM descriptions also use. In a sentence they name no clinical
+# fact of their own ("the presence of nodules", "had its onset", "was identified as"), so a rewording
+# that adds or drops one is a paraphrase; they count as a changed term only where the sentence's
+# clinical entities change too. Single-word disease heads among them ("causes", "onset") are not
+# diseases at all.
+COMMON_ENGLISH = frozenset(
+    """presence appearance appearing appears appear onset involvement involved involving involve involves
+    concern concerns concerned known unknown identified identify identifies confirmed confirm confirms
+    confirming results result vital good plan plans check showing shown working house friend friends teacher
+    summer life self little great general different usually immediately early long middle specific standard
+    interest attempt applied performance response causes cause causing fear fears worries worry individuals
+    individual contacts contact difficulties difficulty difficult males voice exit strange simple drop broad
+    weights loose attention wears wear falling separation deprivation carriers carrier inappropriate spells
+    development developed developing occurrence occurred evidence noted seen demonstrated demonstrates
+    revealed reveals indicates indicated consistent notable remarkable drug drugs food foods absent
+    contour folds agent agents""".split()
+)
+# English words that do change a finding ("major" -> "minor" blood group incompatibility) but that
+# the package stop lists drop: always part of the medical vocabulary
+CLINICAL_MODIFIERS = frozenset(
+    """major minor low complete incomplete total subtotal worse better improved improving unchanged
+    superficial deep proximal distal anterior posterior medial lateral superior inferior
+    bloody watery moist dry tender nontender firm regular irregular red foul thick loud faint sharp dull
+    brisk sluggish constricted swollen bright strong shallow fine coarse painless itchy productive
+    nonproductive""".split()
+)
+# clinical words outside ICD-10-CM and the drug dictionary: tumour, inflammation and condition names
+# by their shape ("thecoma", "pheochromocytoma", "hemangioblastoma") and a few short lab/immunology
+# names; the words below are English that only looks clinical
+CLINICAL_SUFFIXES = ("oma", "omas", "omata", "itis", "osis", "oses", "iasis", "emia", "aemia", "uria",
+                     "pathy", "plasia", "trophy", "algia", "penia", "cytosis", "megaly", "rrhea", "rrhoea",
+                     "plegia", "paresis", "pnea", "ectasis", "ectasia", "cele", "malacia", "pheresis")
+NOT_CLINICAL = frozenset(
+    """diagnosis diagnoses prognosis prognoses hypothesis emphasis analysis analyses basis synthesis thesis
+    genesis academia diploma aroma""".split()
+)
+CLINICAL_WORDS = frozenset("""igg igm iga ige igd hla""".split())
+CLINICAL_PREFIXES = ("hypo", "hyper")  # "hypoechoic" -> "hyperechoic", "hypoactive" -> "hyperactive"
 # a one-word head ending like an adjective ("abdominal", "pelvic", "cardiac") is not a disease name
 _ADJECTIVE_ENDINGS = ("al", "ic", "ous", "ary", "ive", "ar", "ac", "ed")
 _HEAD_SPLIT = re.compile(r",| with | without | due to | in | of | and | or | from | following | associated | as | by ")
@@ -158,7 +201,10 @@ ORGANISM_WORDS = {
     "sars-cov-2": "sars-cov-2", "herpes simplex virus": "herpes simplex virus", "herpes simplex": "herpes simplex virus",
     "epstein-barr virus": "epstein-barr virus", "varicella zoster virus": "varicella-zoster virus",
     "human papillomavirus": "human papillomavirus", "parainfluenza virus": "parainfluenza virus",
-    "respiratory syncytial virus": "respiratory syncytial virus", "group b streptococcus": "group b streptococcus", "zika": "zika virus", "dengue": "dengue virus", "ebola": "ebola virus",
+    "respiratory syncytial virus": "respiratory syncytial virus",
+    "group b streptococcus": "group b streptococcus",
+    "human immunodeficiency virus": "human immunodeficiency virus",
+    "zika": "zika virus", "dengue": "dengue virus", "ebola": "ebola virus",
 }
 
 
@@ -170,6 +216,7 @@ class Lexicon:
     prefixes: frozenset[str] = frozenset()  # every token prefix of a term, for early stop
     genera: frozenset[str] = PATHOGEN_GENERA
     vocabulary: frozenset[str] = frozenset()  # single medical words (for "a clinical term changed")
+    known_families: frozenset[str] = frozenset()  # word families of every ICD-10-CM/drug/stop-list word
     sources: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
 
@@ -249,24 +296,23 @@ def package_stopwords() -> frozenset[str]:
     return frozenset()
 
 
+_HYPHENATED = re.compile(r"([a-z0-9]+)-([a-z0-9]+)")
 # ICD-10-CM chapters of everyday words, not clinical findings: external causes (V-Y), health-status
 # factors (Z) and special codes (U)
 _SKIPPED_CODE_LETTERS = frozenset("VWXYZU")
 
 
-def load_disease_terms() -> tuple[dict[str, str], set[str]]:
+def load_disease_terms() -> tuple[dict[str, str], set[str], set[str]]:
     """Disease term -> canonical (the term itself), from ICD-10-CM descriptions and inclusion terms of
-    chapters A-T, and the vocabulary (single words) of those descriptions."""
+    chapters A-T, the vocabulary (single words) of those descriptions, and every word of every chapter
+    (the English the inject fallback must not take for a misspelt drug)."""
     out: dict[str, str] = {}
     vocabulary: set[str] = set()
+    every_word: set[str] = set()
     code = ""
     for _event, node in ET.iterparse(_icd_xml(), events=("end",)):
         if node.tag == "name" and node.text:
             code = node.text.strip()
-            continue
-        if code[:1] in _SKIPPED_CODE_LETTERS or code[:1].isdigit():
-            if node.tag == "diag":
-                node.clear()
             continue
         texts: list[str] = []
         if node.tag == "desc" and node.text:
@@ -274,26 +320,64 @@ def load_disease_terms() -> tuple[dict[str, str], set[str]]:
         elif node.tag == "inclusionTerm":
             texts.extend(n.text for n in node.iter("note") if n.text)
         for text in texts:
+            every_word.update(TOKEN.findall(text.lower()))
+        if code[:1] in _SKIPPED_CODE_LETTERS or code[:1].isdigit():
+            if node.tag == "diag":
+                node.clear()
+            continue
+        for text in texts:
             vocabulary.update(TOKEN.findall(text.lower()))
+            compounds = _HYPHENATED.findall(text.lower())
             for term in disease_heads(text):
                 out.setdefault(term, term)
+                joined = term
+                for left, right in compounds:  # "gastro esophageal ..." also as "gastroesophageal ..."
+                    joined = joined.replace(f"{left} {right}", f"{left}{right}")
+                if joined != term:
+                    out.setdefault(joined, out[term])
         if node.tag == "diag":
             node.clear()
     for abbreviation, canonical in CLINICAL_ABBREVIATIONS.items():
         if canonical:
-            out[abbreviation] = canonical
-    return out, vocabulary
+            # the abbreviation and its spelled-out form must give one key ("PTSD" = "post-traumatic ...")
+            spelled = normalize_phrase(canonical)
+            out.setdefault(spelled, spelled)
+            out[abbreviation] = out[spelled]
+    return out, vocabulary, every_word
+
+
+_FAMILY_SUFFIXES = tuple(sorted(
+    """izations ization isation ations ation itions ition ments ment nesses ness ities ity ically ally ances
+    ance ences ence ated ates ating ate ings ing ions ion ives ive ables able ibles ible ous ly ies ied es ed
+    en er al ic ia y s e a""".split(),
+    key=len, reverse=True))
+
+
+def word_family(word: str) -> str:
+    """A crude word-family stem ("enlarged", "enlargement" -> "enlarg"; "intubated", "intubation" ->
+    "intub"): only compared with other stems, so it need not be a lemma."""
+    for _ in range(3):
+        for suffix in _FAMILY_SUFFIXES:
+            if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+                word = word[: -len(suffix)]
+                break
+        else:
+            break
+    return word
 
 
 def build_lexicon() -> Lexicon:
     stop = package_stopwords()
     drugs = {k: v for k, v in load_drug_terms().items() if k not in stop}
-    diseases, icd_words = load_disease_terms()
-    diseases = {k: v for k, v in diseases.items() if k not in stop}
+    diseases, icd_words, every_word = load_disease_terms()
+    diseases = {k: v for k, v in diseases.items() if k not in stop and k not in COMMON_ENGLISH}
     # medical vocabulary: words of ICD-10-CM (A-T) and drug names that are not English stop words;
     # a changed word from it is a changed clinical term even when no whole entity matched
     vocabulary = {w for w in icd_words | {t for term in drugs for t in term.split()}
                   if len(w) >= 4 and not w.isdigit() and w not in stop and w not in _COMMON_WORDS}
+    vocabulary |= CLINICAL_MODIFIERS | CLINICAL_WORDS
+    known = (every_word | {t for term in drugs for t in term.split()} | stop | DRUG_STOPWORDS
+             | DISEASE_STOPWORDS | _COMMON_WORDS | COMMON_ENGLISH)
     terms: dict[str, tuple[str, str]] = {}
     for term, canonical in diseases.items():
         terms[term] = ("disease", canonical)
@@ -311,6 +395,7 @@ def build_lexicon() -> Lexicon:
         terms=terms,
         prefixes=frozenset(prefixes),
         vocabulary=frozenset(vocabulary),
+        known_families=frozenset(word_family(w) for w in known if w.isalpha()),
         sources={
             "drug": f"drug-named-entity-recognition=={_version('drug-named-entity-recognition')}",
             "disease": f"simple-icd-10-cm=={_version('simple-icd-10-cm')} ({_icd_xml().name}) + {len(CLINICAL_ABBREVIATIONS)} abbreviations",

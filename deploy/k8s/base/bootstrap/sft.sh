@@ -13,7 +13,7 @@ log() { printf '{"level":"INFO","logger":"medserl.bootstrap","message":"%s"}\n' 
 while [ ! -f "$READY" ]; do
   if [ -f "$CKPT/base/.done" ] && [ -f "$DATA/sft/.done" ]; then
     log "SFT starting"
-    medserl train --phase sft --model-name "$CKPT/base" \
+    medserl train --phase sft --model "$CKPT/base" \
       --train-data "$DATA/sft/sft_combined_safe.jsonl" --save-path "$CKPT/sft" \
       --num-epochs "${MEDSERL_SFT_EPOCHS:-3}" --batch-size "${MEDSERL_SFT_BATCH_SIZE:-4}" \
       --learning-rate "${MEDSERL_SFT_LEARNING_RATE:-5e-5}" --gradient-checkpointing \
