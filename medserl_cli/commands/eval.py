@@ -7,6 +7,10 @@ Two uses:
   note of the CSV (the model sees only the numbered sentences, never ids or neighbouring notes),
   writes the run file, and prints its metrics beside the trivial baselines (always "no error";
   always the last sentence) and its flag rate.
+* ``medserl eval --injector POLICY --assessor CONFIG --seeds FILE [--compare SFT_POLICY]`` evaluates
+  an injector: a fixed held-out set of seed notes, fixed sampling seeds, the frozen assessor;
+  valid-edit rate, fool rate among valid edits (by mode and error type), and which sentence
+  positions and error types the policy prefers, beside ``--compare`` on the same seeds.
 """
 
 from __future__ import annotations
@@ -25,11 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--reference", required=True, help="MEDEC CSV with ground truth (blank rows are dropped)")
-    source = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--reference", help="MEDEC CSV with ground truth (blank rows are dropped)")
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--run", help="run file to score: '<text-id> <flag> <sentence-id> <correction|NA>' lines")
     source.add_argument("--assessor", metavar="CONFIG",
                         help="assessor settings (YAML/JSON; e.g. backend, model, base_url) to run over the CSV")
+    p.add_argument("--injector", metavar="POLICY", help="evaluate this injector policy folder (with --assessor, --seeds)")
+    p.add_argument("--seeds", help="with --injector: held-out seed notes, a pairs JSONL (e.g. eval.jsonl)")
+    p.add_argument("--compare", metavar="POLICY", help="with --injector: a second policy on the same seeds (the SFT one)")
+    p.add_argument("--seed-notes", type=int, default=24, help="with --injector: how many seed notes (default: 24)")
+    p.add_argument("--samples", type=int, default=4, help="with --injector: edits per seed note (default: 4)")
     p.add_argument("--out", help="with --assessor: where to write the run file (required)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --assessor: override a setting")
     p.add_argument("--limit", type=int, help="with --assessor: only the first N notes (a quick look)")
@@ -69,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     from medec import mediqa_eval as me
     from medserl_cli.cli import CliError
 
+    if args.injector:
+        return _run_injector(args)
+    if not args.reference or not (args.run or args.assessor):
+        raise CliError("give --reference CSV with --run RUN or --assessor CONFIG (or --injector POLICY "
+                       "--assessor CONFIG --seeds FILE to evaluate an injector)")
     try:
         reference = me.load_reference(args.reference)
         if args.run:
@@ -146,3 +160,44 @@ def _run_assessor(args: argparse.Namespace, reference) -> int:
         print(f"wrote {args.out} ({len(scored_ref)} notes, {outcome.unparsed} unparsed verdicts)")
         print(format_table(columns))
     return 0
+
+
+def _run_injector(args: argparse.Namespace) -> int:
+    from medec.prepare import MedecFormatError, load_pairs_jsonl
+    from medserl.v1 import messages_pb2 as pb
+    from medserl_cli.cli import CliError
+    from medserl_cli.commands.selfplay import _assessor_model
+    from medserl_cli.selfplay import evaluate_injector
+
+    if not args.assessor or not args.seeds:
+        raise CliError("--injector needs --assessor CONFIG_OR_MODEL (the frozen judge) and --seeds FILE")
+    for policy in filter(None, (args.injector, args.compare)):
+        if not Path(policy).is_dir():
+            raise CliError(f"{policy}: no such policy folder")
+    try:
+        pairs = load_pairs_jsonl(args.seeds)[: args.seed_notes]
+    except (OSError, MedecFormatError) as exc:
+        raise CliError(f"--seeds {args.seeds}: {exc}") from exc
+    seeds = [pb.Note(note_id=p.note_id, text=p.correct_note, split=p.split,
+                     sentences=[pb.Sentence(id=i, text=s) for i, s in p.correct_sentences]) for p in pairs]
+    if not seeds:
+        raise CliError(f"--seeds {args.seeds}: no seed notes")
+    judge = _assessor_model(args.assessor)
+    results = {}
+    for label, policy in (("compare", args.compare), ("injector", args.injector)):
+        if policy:
+            results[f"{label}: {policy}"] = evaluate_injector(policy, judge, seeds, samples=args.samples, seed=1000,
+                                                              label=label)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    keys = ("rollouts", "parseable_rate", "valid_rate", "valid_rate_inject", "valid_rate_paraphrase", "fool_rate",
+            "fool_rate_inject", "fool_rate_paraphrase", "mean_reward")
+    print(f"{'':24}" + "".join(f"{label.split(':')[0]:>12}" for label in results))
+    for key in keys:
+        print(f"{key:24}" + "".join(f"{_fmt(r[key]):>12}" for r in results.values()))
+    for label, r in results.items():
+        print(f"{label}: positions {r['positions']}; error types {r['error_types']}; "
+              f"fool rate by error type {r['fool_rate_by_error_type']}")
+    return 0
+

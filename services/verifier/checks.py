@@ -18,13 +18,15 @@ In ``paraphrase`` and ``inject`` mode a non-negative ``error_sentence_id`` is th
 to have changed (``changed_id_matches_claim``); an id outside the note is a bad request.
 
 Precision on safe paraphrases (issue 15): in RL a false rejection is a penalty for correct behaviour,
-so the entity checks tell a rewording from a changed fact (``services/verifier/entities.py``):
+so the entity checks tell a rewording from a changed fact (``services/verifier/entities.py``; measured
+by ``bench/bench_verifier_precision.py`` on ``tests/data/verifier_precision_edits.jsonl``):
 
 * Common words in context: a medical-vocabulary word that is also everyday English ("presence",
   "onset", "identified"; ``lexicons.COMMON_ENGLISH``) is a weak term (``~word``). ``term_preserved``
   and inject's ``clinical_entity_changed`` count weak terms only where the sentence's clinical
   entities change too; on their own they are wording. English words that do change a finding
-  ("major"/"minor", "low") are ordinary terms (``lexicons.CLINICAL_MODIFIERS``).
+  ("major"/"minor", "low", "dry"/"moist", "watery"/"bloody"; ``lexicons.CLINICAL_MODIFIERS``), a
+  "non-" word ("non-blanching") and hypo-/hyper- words ("hypoechoic") are ordinary terms.
 * Word forms: a disease, term or procedure still present in the other sentence in another form
   ("is enlarged" / "enlargement", "was intubated" / "underwent intubation") is not a change; a
   procedure's names are one procedure ("EKG" = "electrocardiogram", "CT" = "computed tomography"),
@@ -32,16 +34,18 @@ so the entity checks tell a rewording from a changed fact (``services/verifier/e
   ("blood pressure") and of a whole entity are not terms of their own.
 * Eponyms: a capitalised word mid-sentence is a term (an eponym such as "Tanner"), but not the first
   word after a sentence opener ("Of note, Physical examination ...", "Notably, Gram stain ...").
-* Negation scope ends at the clause's verb ("No abnormalities are shown on an electrocardiogram"
-  negates no procedure); "refrain from" is a negation cue.
+* Negation: a cue's scope ends at the clause's verb ("No abnormalities are shown on an
+  electrocardiogram" negates no procedure); a term right after "not" is negated ("are not
+  painful"); "refrain from" is a cue. With two sides in a sentence each side is bound to its finding,
+  so swapping them is a laterality change while reordering the clauses is not.
 * Inject-mode fallback for swaps between clinical terms outside ICD-10-CM: words shaped like a
   clinical term ("fibroma" -> "thecoma", "IgG" -> "IgM"; ``lexicons.CLINICAL_SUFFIXES`` and
   ``CLINICAL_WORDS``) are terms, an ordinal before a diagnosis is one ("second branchial cleft cyst"),
   an organism's type number is part of it ("herpes simplex virus type 2"), dose frequencies
-  ("weekly") are quantities; when still nothing changed, a swapped word one typing slip from a drug
-  or procedure name ("wafarin") counts as a changed term (and fails ``term_preserved`` in paraphrase
-  mode). Inject's length bounds measure a sentence
-  under ``INJECT_LENGTH_FLOOR`` characters as that long, so a short sentence may become a normal one.
+  ("weekly") are quantities. When still nothing changed, a swapped word that no lexicon knows but
+  that is one typing slip from a drug or procedure name ("wafarin") counts as a changed term (and
+  fails ``term_preserved`` in paraphrase mode). Inject's length bounds treat a sentence under
+  ``INJECT_LENGTH_FLOOR`` characters as that long, so a short sentence may become a normal one.
 
 Why named checks: the SFT report shows pass rates per check, and the RL gate tells the learner why a
 rollout was rejected.
