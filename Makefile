@@ -11,7 +11,7 @@ RUN_OUT ?= runs/latest
 MEDEC_DIR ?= $(or $(MEDSERL_MEDEC_DIR),$(wildcard ../shared/medec))
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint protos check-protos kafka bench clean k8s
+.PHONY: help venv run test lint promtool protos check-protos kafka bench clean k8s
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,9 +32,15 @@ venv: $(VENV)/.installed  ## create the virtualenv (cached outside the clone)
 run: venv  ## the main job, embedded, offline, CPU: data -> SFT set -> tiny model -> SFT -> RL rollouts -> report
 	$(VENV)/bin/medserl run --out $(RUN_OUT) $(if $(MEDEC_DIR),--medec-dir $(MEDEC_DIR),)
 
-test: venv  ## lint, stub freshness, and every test against a real Kafka broker the tests start
+test: venv k8s-tools promtool  ## lint, stub freshness, and every test against a real Kafka broker the tests start
 	$(VENV)/bin/ruff check .
 	$(PY) scripts/run_tests.py $(PYTEST_ARGS)
+
+promtool:  ## Prometheus's promtool (Debian's prometheus package) for the alert-rule tests
+	@command -v promtool >/dev/null || { echo ">> installing Debian's prometheus package (promtool)"; \
+	  apt-get install -y -q prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+	  apt-get install -y -q prometheus >/dev/null 2>&1; } || \
+	  echo "warning: promtool missing (apt-get install prometheus): its tests skip here and fail under CI"; }
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -25,6 +25,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--versions", type=int, default=0, help="default: the run's rl_updates")
     parser.add_argument("--out", default="", help="default: <run>/seeds")
+    parser.add_argument("--reward", choices=("ladder", "flat"), default="ladder",
+                        help="flat: -1 for every failure (the reward ablation)")
     args = parser.parse_args()
 
     from medserl_cli.pipeline import PipelineConfig, stage_injector_eval, stage_rl
@@ -38,10 +40,10 @@ def main() -> int:
     sft, data = summary["sft"], summary["data"]
     rows = []
     for seed in args.seeds:
-        out = Path(args.out or run / "seeds") / f"seed-{seed}"
+        out = Path(args.out or run / f"seeds-{args.reward}") / f"seed-{seed}"
         out.mkdir(parents=True, exist_ok=True)
         config.seed = seed
-        rl = stage_rl(config, out, sft, data)
+        rl = stage_rl(config, out, sft, data, reward=args.reward)
         ev = stage_injector_eval(config, out, sft, rl, data)
         (v0_label, v0), (final_label, final) = list(ev["results"].items())
         rows.append({"seed": seed, "versions": len(rl["updates"]), "rollouts": rl["rollouts"],

@@ -143,7 +143,7 @@ def _seed_notes(rl_train_path: str, limit: int, max_chars: int):
     return notes
 
 
-def stage_rl(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict:
+def stage_rl(config: PipelineConfig, out: Path, sft: dict, data: dict, reward: str = "ladder") -> dict:
     """Self-play on the in-memory bus with the same services that run on Kafka in production."""
     from medserl_cli.selfplay import SelfPlayConfig, run_selfplay
 
@@ -152,7 +152,7 @@ def stage_rl(config: PipelineConfig, out: Path, sft: dict, data: dict) -> dict:
                               versions=config.rl_updates, rollouts_per_update=config.rl_rollouts_per_update,
                               group_size=config.rl_group_size, max_new_tokens=config.rl_max_new_tokens,
                               learning_rate=config.rl_learning_rate, seed=config.seed, timeout_s=config.rl_timeout_s,
-                              progress=config.progress)
+                              progress=config.progress, reward=reward)
     return run_selfplay(selfplay, seeds, out)
 
 

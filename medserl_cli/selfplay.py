@@ -46,6 +46,7 @@ class SelfPlayConfig:
     seed: int = 0
     timeout_s: float = 900.0
     starve_after_s: float = 15.0
+    reward: str = "ladder"  # ladder (services/common/reward.py defaults) | flat (-1 for every failure: the ablation)
     progress: bool = True
     trainer_overrides: dict = field(default_factory=dict)
 
@@ -70,6 +71,7 @@ def run_selfplay(config: SelfPlayConfig, seeds: list, out: Path) -> dict:
     from medserl.v1 import messages_pb2 as pb
     from services.assessor.service import AssessorService, AssessorSettings
     from services.common.bus import MemoryBus
+    from services.common.reward import RewardWeights
     from services.common.runtime import ServiceRuntime, make_bus
     from services.common.settings import ServiceSettings
     from services.common.topics import ALL_TOPICS, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_SCORED
@@ -79,6 +81,8 @@ def run_selfplay(config: SelfPlayConfig, seeds: list, out: Path) -> dict:
 
     if not seeds:
         raise ValueError("self-play needs at least one seed note")
+    if config.reward not in ("ladder", "flat"):
+        raise ValueError(f"reward must be ladder or flat, got {config.reward!r}")
     out.mkdir(parents=True, exist_ok=True)
     common = {"bus": config.bus, "kafka_bootstrap": config.kafka_bootstrap, "topic_suffix": config.topic_suffix,
               "grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_port": -1, "poll_timeout_s": 0.2}
@@ -91,10 +95,14 @@ def run_selfplay(config: SelfPlayConfig, seeds: list, out: Path) -> dict:
                               kl_coef=config.kl_coef, max_staleness=config.max_staleness,
                               max_updates=config.versions, micro_batch_size=8, seed=config.seed,
                               starve_after_s=config.starve_after_s, **config.trainer_overrides)
+    weights = RewardWeights.flat() if config.reward == "flat" else RewardWeights()
     services = [
         VerifierService(VerifierSettings(**common), bus),
         AssessorService(AssessorSettings(**common, model=config.assessor_model or config.policy,
-                                         max_batch_size=16, max_new_tokens=48, seed=config.seed), bus),
+                                         max_batch_size=16, max_new_tokens=48, seed=config.seed,
+                                         reward_fooled=weights.fooled, reward_caught=weights.caught,
+                                         verifier_penalty=weights.verifier_penalty,
+                                         format_penalty=weights.format_penalty), bus),
         TrainerService(trainer, bus),
     ]
     start_version = services[-1].loop.version  # resuming: the learner announces it, the injector loads it

@@ -419,7 +419,7 @@ class LearnerLoop:
         metrics.POLICY_VERSION.labels("trainer").set(self.version)
         for name in ("reward_total", "reward_format", "reward_verifier", "reward_game", "fool_rate",
                      "fool_rate_inject", "fool_rate_paraphrase", "detection_rate", "false_flag_rate",
-                     "parseable_rate", "valid_rate", "mean_kl", "kl_loss", "entropy", "clip_fraction",
+                     "parseable_rate", "valid_rate", "mean_kl", "loss", "kl_loss", "entropy", "clip_fraction",
                      "is_ratio_mean", "is_ratio_max", "is_corrected_fraction", "grad_norm", "staleness_mean",
                      "staleness_max", "rollouts_per_s", "tokens_per_s", "idle_fraction"):
             value = entry.get(name)

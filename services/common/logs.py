@@ -108,12 +108,13 @@ def quiet_third_party() -> None:
     # The Trainer prints every logged dict ({'loss': ...}) to stdout (metrics.jsonl and the report
     # have them) and nests an unlabelled bar per evaluation: keep one labelled bar with the loss.
     progress = trainer_callback.ProgressCallback
-    begin = progress.on_train_begin
+    bar_class = getattr(trainer_callback, "tqdm", None)
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        begin(self, args, state, control, **kwargs)
-        if getattr(self, "training_bar", None) is not None:
-            self.training_bar.set_description("training steps")
+    def on_train_begin(self, args, state, control, **kwargs):  # the original, with a label and a unit
+        if state.is_world_process_zero:
+            self.training_bar = bar_class(total=state.max_steps, desc="training steps", unit="step",
+                                          dynamic_ncols=True)
+        self.current_step = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         bar = getattr(self, "training_bar", None)
@@ -123,7 +124,7 @@ def quiet_third_party() -> None:
     def no_output(self, *args, **kwargs):
         return None
 
-    if not getattr(progress, "_medserl_quiet", False):
+    if bar_class is not None and not getattr(progress, "_medserl_quiet", False):
         progress.on_train_begin, progress.on_log, progress.on_prediction_step = on_train_begin, on_log, no_output
         progress._medserl_quiet = True
     trainer_callback.PrinterCallback.on_log = no_output

@@ -38,6 +38,18 @@ RL = ("MedSeRL self-play (RL)", "medserl-rl", [
     ("Verifier pass rate", "percentunit", [("medserl:verifier_pass:ratio5m", "{{mode}}")]),
     ("Learner mean reward (last batch)", "none", [("medserl_train_mean_reward", "mean reward")]),
     ("Assessor answers that did not parse", "ops", [("sum(rate(medserl_assessor_unparsed_total[5m]))", "unparsed")]),
+    ("Learner batch: reward and its parts", "none", [
+        ('medserl_rl_step_stat{stat=~"reward_total|reward_format|reward_verifier|reward_game"}', "{{stat}}")]),
+    ("Learner batch: valid edits and fool rate by mode", "percentunit", [
+        ('medserl_rl_step_stat{stat=~"parseable_rate|valid_rate|fool_rate|fool_rate_inject|fool_rate_paraphrase"}',
+         "{{stat}}")]),
+    ("Learner batch: detection and false-flag rate", "percentunit", [
+        ('medserl_rl_step_stat{stat=~"detection_rate|false_flag_rate"}', "{{stat}}")]),
+    ("Off-policy correction: importance ratio", "none", [
+        ('medserl_rl_step_stat{stat=~"is_ratio_mean|is_ratio_max|is_corrected_fraction"}', "{{stat}}")]),
+    ("Policy entropy and KL loss term", "none", [('medserl_rl_step_stat{stat=~"entropy|kl_loss"}', "{{stat}}")]),
+    ("Learner throughput and idle fraction", "none", [
+        ('medserl_rl_step_stat{stat=~"rollouts_per_s|idle_fraction|staleness_mean|staleness_max"}', "{{stat}}")]),
 ])
 DATA = ("MedSeRL SFT data generation", "medserl-data", [
     ("Examples kept and dropped, by kind", "ops", [
