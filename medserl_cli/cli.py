@@ -22,6 +22,9 @@ COMMAND_MODULES = (
     "medserl_cli.commands.model",
     "medserl_cli.commands.train",
     "medserl_cli.commands.eval",
+    "medserl_cli.commands.up",  # up, down, status: the distributed pipeline on one machine
+    "medserl_cli.commands.client",
+    "medserl_cli.commands.deadletter",
 )
 SIGPIPE_EXIT = 141  # what a shell reports for a command whose reader went away (128 + SIGPIPE)
 
@@ -117,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"medserl {command}: error: {exc}", file=sys.stderr)
         return exc.code
+    except RuntimeError as exc:
+        from services.common.bus import BusError
+
+        if not isinstance(exc, BusError):
+            raise
+        print(f"medserl {command}: error: {exc}", file=sys.stderr)  # the broker: its address and how to start one
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,12 +4,18 @@ Sources, in order: an existing ``KAFKA_BOOTSTRAP_SERVERS``; Maven Central jars r
 Java 17 (``org.apache.kafka:kafka_2.13`` and its runtime dependencies, cached under
 ``~/.cache/medserl/kafka-<version>``); docker ``apache/kafka`` where a docker engine answers.
 
-    python -m medserl_cli.kafka_local start   # prints the bootstrap address, runs until Ctrl-C
+    python -m medserl_cli.kafka_local start [--port 9092]   # prints the bootstrap address, runs until stopped
+
+The broker is configured as production brokers are where it matters for speed: no fsync per message
+(flushing is left to the OS; durability comes from replication and ``acks=all``). The wrapper owns
+the Java process: SIGTERM/SIGINT stop it cleanly, and on Linux it dies with the wrapper even on kill -9.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import ctypes
 import os
 import shutil
 import signal
@@ -22,6 +28,7 @@ import uuid
 from pathlib import Path
 
 KAFKA_VERSION = os.environ.get("MEDSERL_KAFKA_VERSION", "4.1.1")
+DEFAULT_PORT = 9092  # `make kafka` and `medserl up`: Kafka's usual port, so clients need no discovery
 CACHE_DIR = Path(os.environ.get("MEDSERL_CACHE_DIR", Path.home() / ".cache" / "medserl"))
 
 POM_TEMPLATE = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -51,6 +58,34 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def port_in_use_error(port: int) -> BrokerError:
+    return BrokerError(f"127.0.0.1:{port} is already in use: if a broker runs there, use it "
+                       f"(--kafka-bootstrap 127.0.0.1:{port} or KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port}); "
+                       "otherwise choose another port (0: any free one)")
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _prctl():
+    """libc's prctl, loaded in the parent (never between fork and exec); None where there is none."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+
+
+def _broker_preexec(parent_pid: int | None, prctl) -> None:
+    """preexec_fn: the broker takes stop signals even if the wrapper blocks them (a blocked mask is
+    inherited); with ``parent_pid`` the kernel also sends it SIGTERM when the wrapper dies (kill -9)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if parent_pid is None or prctl is None:
+        return
+    prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the wrapper died before prctl took effect
+        os._exit(1)
+
+
 def resolve_jars(version: str = KAFKA_VERSION) -> Path:
     """Download the broker's jars once with Maven; later calls use the cache."""
     libs = CACHE_DIR / f"kafka-{version}" / "libs"
@@ -72,14 +107,21 @@ def resolve_jars(version: str = KAFKA_VERSION) -> Path:
 
 
 class LocalKafka:
-    """One KRaft broker+controller process. ``restart`` keeps its data and ports."""
+    """One KRaft broker+controller process. ``restart`` keeps its data and ports.
 
-    def __init__(self, version: str = KAFKA_VERSION, workdir: str | None = None, heap: str = "512m"):
+    ``port=0`` picks a free port (tests); ``die_with_parent`` ties the Java process to the thread that
+    starts it (the ``start`` wrapper), so killing the wrapper in any way stops the broker.
+    """
+
+    def __init__(self, version: str = KAFKA_VERSION, workdir: str | Path | None = None, heap: str = "512m",
+                 port: int = 0, die_with_parent: bool = False):
         self.version = version
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="medserl-kafka-"))
-        self.port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
         self.controller_port = free_port()
         self.heap = heap
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None
         self.libs: Path | None = None
 
@@ -107,7 +149,7 @@ class LocalKafka:
                     "transaction.state.log.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
                     "auto.create.topics.enable=true",
-                    "log.flush.interval.messages=1",
+                    # no log.flush.interval.messages: like production brokers, flushing is the OS's job
                 ]
             )
             + "\n"
@@ -117,22 +159,28 @@ class LocalKafka:
     def _java(self, *args: str) -> list[str]:
         return ["java", f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseSerialGC", "-cp", f"{self.libs}/*", *args]
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
     def start(self, timeout_s: float = 90.0) -> str:
+        if port_open(self.port):
+            raise port_in_use_error(self.port)
         if self.libs is None:
             self.libs = resolve_jars(self.version)
         props = self._properties()
         if not (self.workdir / "data" / "meta.properties").exists():
-            cluster_id = uuid.uuid4().bytes
-            import base64
-
-            cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props)),
                                  capture_output=True, text=True, timeout=120)
             if fmt.returncode != 0:
                 raise BrokerError(f"kafka storage format failed: {fmt.stderr[-2000:]}")
         logfile = open(self.workdir / "broker.log", "ab")  # noqa: SIM115 - owned by the process
+        parent, prctl = (os.getpid(), _prctl()) if self.die_with_parent else (None, None)
         self.proc = subprocess.Popen(self._java("kafka.Kafka", str(props)), stdout=logfile, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=lambda: _broker_preexec(parent, prctl))
+        logfile.close()  # the child has its own descriptor
         self._wait_ready(timeout_s)
         return self.bootstrap
 
@@ -183,16 +231,19 @@ class LocalKafka:
 class DockerKafka:
     """apache/kafka in docker, for laptops that have an engine and no Java."""
 
-    def __init__(self, version: str = KAFKA_VERSION):
+    def __init__(self, version: str = KAFKA_VERSION, port: int = 0):
         self.version = version
-        self.port = free_port()
+        self.port = port or free_port()
         self.name = f"medserl-kafka-{self.port}"
+        self.pid: int | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 120.0) -> str:
+        if port_open(self.port):
+            raise port_in_use_error(self.port)
         env = [
             "-e", "KAFKA_NODE_ID=1", "-e", "KAFKA_PROCESS_ROLES=broker,controller",
             "-e", "KAFKA_LISTENERS=PLAINTEXT://:9092,CONTROLLER://:9093",
@@ -228,21 +279,27 @@ def docker_available() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
 
 
-def start_broker() -> LocalKafka | DockerKafka:
+def start_broker(port: int = 0, workdir: str | Path | None = None,
+                 die_with_parent: bool = False) -> LocalKafka | DockerKafka:
     """Start a broker from the best available source. Raises BrokerError with what to fix."""
+    if port and port_open(port):
+        raise port_in_use_error(port)
     errors = []
     if shutil.which("java"):
-        broker = LocalKafka()
+        broker = LocalKafka(workdir=workdir, port=port, die_with_parent=die_with_parent)
         try:
             broker.start()
             return broker
         except BrokerError as exc:
-            broker.cleanup()
+            if workdir is None:
+                broker.cleanup()
+            else:
+                broker.stop()  # a named data folder is the caller's: keep it
             errors.append(f"maven/java: {exc}")
     else:
         errors.append("maven/java: java not found (install Java 17)")
     if docker_available():
-        broker = DockerKafka()
+        broker = DockerKafka(port=port)
         broker.start()
         return broker
     errors.append("docker: no engine answers")
@@ -252,17 +309,29 @@ def start_broker() -> LocalKafka | DockerKafka:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["start", "fetch"], help="start: run a broker until Ctrl-C; fetch: only download jars")
+    parser.add_argument("action", choices=["start", "fetch"], help="start: run a broker until stopped; fetch: only download jars")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="listener port on 127.0.0.1; 0: any free one "
+                        "(default: %(default)s)")
+    parser.add_argument("--data", default=None, help="data folder to keep (default: a temporary one, deleted on stop)")
     args = parser.parse_args(argv)
     if args.action == "fetch":
         print(resolve_jars())
         return 0
-    broker = start_broker()
+    # blocked before the broker starts, so the signal waits for sigwait instead of killing us first
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        broker = start_broker(port=args.port, workdir=args.data, die_with_parent=True)
+    except BrokerError as exc:
+        print(f"kafka_local: error: {exc}", file=sys.stderr)
+        return 2
     print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(STOP_SIGNALS)
     finally:
-        broker.cleanup()
+        if args.data:
+            broker.stop()
+        else:
+            broker.cleanup()
     return 0
 
 

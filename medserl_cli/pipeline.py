@@ -7,7 +7,7 @@
       -> runs/<name>/report.md with plots and summary.json
 
 Every stage writes its outputs under ``--out`` and the report links them. Nothing here needs a
-network or a GPU; swap ``--model-name`` for a real model and the bus for Kafka to scale it up.
+network or a GPU; swap ``--model`` for a real model and the bus for Kafka to scale it up.
 """
 
 from __future__ import annotations

@@ -916,17 +916,16 @@ def test_dashboards_and_alerts_read_only_metrics_the_code_or_a_listed_exporter_p
     assert not {f"{n}_sum" for n in negative} & used, "querying a _sum the client never exports"
     assert list(metrics.REWARD._upper_bounds) == [-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, float("inf")], \
         "medserl:reward:mean5m assumes these bucket bounds (rules.yaml)"
-    # the step statistics the RL dashboard picks are fields of the learner's StepStats
-    import dataclasses
+    # the step statistics the RL dashboard picks are ones the learner sets (metrics.RL_STEP_STATS)
 
-    from trainer.reinforce import StepStats
+    from services.common.metrics import RL_STEP_STATS
 
-    stats = {f.name for f in dataclasses.fields(StepStats)}
+    stats = set(RL_STEP_STATS)
     picked = set()
     for e in exprs:
         for matcher in re.findall(r'medserl_rl_step_stat\{stat=~?"([^"]+)"\}', e):
             picked |= set(matcher.split("|"))
-    assert picked and picked <= stats, f"stat values {picked - stats} are not StepStats fields"
+    assert picked and picked <= stats, f"stat values {picked - stats} are not in metrics.RL_STEP_STATS"
     print(f"\n{len(used)} metrics queried: {len(used & defined)} from the code, {len(used & listed)} from exporters, "
           f"{len(used & recorded)} recorded")
 

@@ -135,6 +135,7 @@ class LearnerLoop:
         self._last_starve_request = 0.0
         self._last_accounting = 0.0
         self._accounting_dirty = False
+        self._checkpoint_digest: tuple[int, str] = (-1, "")
         self._idle_s = 0.0
         self._busy_s = 0.0
         self._window_started = time.monotonic()
@@ -317,10 +318,25 @@ class LearnerLoop:
 
     # --- accounting ---------------------------------------------------------------------------
     def _policy_update(self, **fields_) -> pb.PolicyUpdate:
+        """An update for the current version. Every update names the version's checkpoint, so an
+        injector that failed to load it (or restarted) tries again at the next accounting update
+        instead of sampling stale rollouts forever."""
+        if "checkpoint_uri" not in fields_:
+            fields_.update(self._checkpoint_fields())
         return pb.PolicyUpdate(version=self.version, kind="lora" if self.settings.lora else "full",
                                base_model=self.settings.model, learner_step=self.learner.step_count,
                                created_unix_ms=int(time.time() * 1000), groups_consumed=self.groups_consumed,
                                rollouts_consumed=self.rollouts_consumed, **fields_)
+
+    def _checkpoint_fields(self) -> dict:
+        checkpoint = self.latest_checkpoint()
+        if checkpoint is None or not checkpoint.exists():
+            return {}
+        if self._checkpoint_digest[0] != self.version:
+            from services.inference import checkpoint_sha256
+
+            self._checkpoint_digest = (self.version, checkpoint_sha256(checkpoint))
+        return {"checkpoint_uri": str(checkpoint.resolve()), "checkpoint_sha256": self._checkpoint_digest[1]}
 
     def _publish(self, update: pb.PolicyUpdate) -> None:
         self.producer.publish(self.topic(POLICY_UPDATES), update.SerializeToString(), key="policy")
@@ -331,13 +347,7 @@ class LearnerLoop:
 
     def announce(self) -> None:
         """The newest saved version and the accounting, so a restarted learner is seen at once."""
-        checkpoint = self.latest_checkpoint()
-        extra = {}
-        if checkpoint is not None and checkpoint.exists():
-            from services.inference import checkpoint_sha256
-
-            extra = {"checkpoint_uri": str(checkpoint.resolve()), "checkpoint_sha256": checkpoint_sha256(checkpoint)}
-        self._publish(self._policy_update(**extra))
+        self._publish(self._policy_update())
 
     def _maybe_publish_accounting(self) -> None:
         now = time.monotonic()
@@ -367,6 +377,7 @@ class LearnerLoop:
         for group in groups:
             self._dispose(group.group_id, len(group.rollouts), "trained")
         out_dir, digest = self.learner.save(self.dir / f"policy-v{self.version}")
+        self._checkpoint_digest = (self.version, digest)
         staleness = [self.version - 1 - g.policy_version for g in groups]
         elapsed_window = max(1e-9, time.monotonic() - self._window_started)
         entry = {
@@ -417,11 +428,7 @@ class LearnerLoop:
         metrics.TRAIN_MEAN_REWARD.set(entry["mean_reward"])
         metrics.TRAIN_TOKENS_PER_SECOND.labels("rl").set(entry["tokens_per_s"])
         metrics.POLICY_VERSION.labels("trainer").set(self.version)
-        for name in ("reward_total", "reward_format", "reward_verifier", "reward_game", "fool_rate",
-                     "fool_rate_inject", "fool_rate_paraphrase", "detection_rate", "false_flag_rate",
-                     "parseable_rate", "valid_rate", "mean_kl", "loss", "kl_loss", "entropy", "clip_fraction",
-                     "is_ratio_mean", "is_ratio_max", "is_corrected_fraction", "grad_norm", "staleness_mean",
-                     "staleness_max", "rollouts_per_s", "tokens_per_s", "idle_fraction"):
+        for name in metrics.RL_STEP_STATS:
             value = entry.get(name)
             if value is not None:
                 metrics.RL_STEP.labels(name).set(value)

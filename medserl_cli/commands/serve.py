@@ -8,6 +8,8 @@ Precedence: dataclass defaults < ``--config`` file < MEDSERL_<NAME> environment 
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 
 from medserl_cli.registry import SERVICES
 
@@ -38,6 +40,24 @@ def service_parser(name: str, settings_cls: type) -> argparse.ArgumentParser:
     return parser
 
 
+def check_ports_free(settings) -> None:
+    """A port another process holds is one line naming the setting, not a traceback from the bind."""
+    from medserl_cli.cli import CliError
+
+    for name in ("grpc_port", "metrics_port"):
+        port = getattr(settings, name)
+        if port <= 0:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((settings.grpc_host if name == "grpc_port" else "0.0.0.0", port))
+            except OSError as exc:
+                flag = "--" + name.replace("_", "-")
+                raise CliError(f"port {port} ({flag}) is already in use ({exc.strerror}): is this service "
+                               f"already running? Pick another with {flag} N (0: any free port)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from medserl_cli.cli import CliError
     from medserl_cli.registry import load_service_class
@@ -53,14 +73,22 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
     setup_logging(cls.name, settings.log_level, settings.log_json, settings.log_phi)
+    from services.common.bus import BusError
+
+    check_ports_free(settings)
     try:
         bus = make_bus(settings)
         service = cls(settings, bus)
-    except (ValueError, FileNotFoundError) as exc:
+        runtime = ServiceRuntime(service)
+        runtime.install_signal_handlers()
+        runtime.start()
+    except (ValueError, FileNotFoundError, BusError) as exc:
         raise CliError(f"cannot start {args.service}: {exc}") from exc
-    runtime = ServiceRuntime(service)
-    runtime.install_signal_handlers()
-    runtime.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise CliError(f"cannot start {args.service}: a port is already in use ({exc}); "
+                       "pick others with --grpc-port N --metrics-port N (0: any free port)") from exc
     # a line a supervisor (or a test) can wait for; ports are real even when 0 was asked for
     print(f"READY service={cls.name} grpc_port={runtime.grpc_port} metrics_port={runtime.metrics_port}", flush=True)
     runtime.wait()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -20,6 +22,64 @@ from services.common.bus import (
 
 log = logging.getLogger(__name__)
 
+HOW_TO_START = ("start one with `make kafka` (127.0.0.1:9092) or `medserl up`, or point --kafka-bootstrap "
+                "(KAFKA_BOOTSTRAP_SERVERS) at a running broker")
+
+
+def _addresses(bootstrap_servers: str) -> list[tuple[str, int]]:
+    out = []
+    for item in bootstrap_servers.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise BusError(f"bad Kafka bootstrap address {item.strip()!r}: expected host:port[,host:port]")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def _not_reachable(bootstrap_servers: str, exc: BaseException) -> BusError:
+    return BusError(f"cannot reach Kafka at {bootstrap_servers} ({type(exc).__name__}: {exc}); {HOW_TO_START}")
+
+
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000  # under the broker default message.max.bytes (1048588)
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def kafka_security(settings) -> dict:
+    """kafka-python client options for TLS (Strimzi's TLS listener with KafkaUser certificates) and
+    SASL, from the service settings. The SASL password comes from a file or $MEDSERL_KAFKA_SASL_PASSWORD,
+    never from a flag; errors name the setting, never a value."""
+    protocol = (getattr(settings, "kafka_security_protocol", "") or "PLAINTEXT").upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(f"kafka_security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, got {protocol!r}")
+    options: dict = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(settings, name, "")
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{name} {path} does not exist")
+            if path:
+                options[name.removeprefix("kafka_")] = path
+        options["ssl_check_hostname"] = True
+    if protocol.startswith("SASL_"):
+        mechanism = (getattr(settings, "kafka_sasl_mechanism", "") or "SCRAM-SHA-512").upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"kafka_sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}")
+        password_file = getattr(settings, "kafka_sasl_password_file", "")
+        if password_file:
+            if not os.path.isfile(password_file):
+                raise ValueError(f"kafka_sasl_password_file {password_file} does not exist")
+            with open(password_file, encoding="utf-8") as fh:
+                password = fh.read().strip()
+        else:
+            password = os.environ.get("MEDSERL_KAFKA_SASL_PASSWORD", "")
+        if not getattr(settings, "kafka_sasl_username", "") or not password:
+            raise ValueError(f"{protocol} needs kafka_sasl_username and a password (kafka_sasl_password_file "
+                             "or $MEDSERL_KAFKA_SASL_PASSWORD)")
+        options.update(sasl_mechanism=mechanism, sasl_plain_username=settings.kafka_sasl_username,
+                       sasl_plain_password=password)
+    return options
+
 
 class KafkaBus(Bus):
     """Producers with acks=all and idempotence; consumers with manual commits."""
@@ -34,39 +94,108 @@ class KafkaBus(Bus):
         delivery_timeout_ms: int = 120_000,
         session_timeout_ms: int = 10_000,
         max_poll_interval_ms: int = 300_000,
+        replication_factor: int = 0,
+        connect_timeout_s: float = 10.0,
+        linger_ms: int = 5,
+        batch_size: int = 256 * 1024,
+        compression_type: str | None = None,
+        security: dict | None = None,
+        max_message_bytes: int | None = None,
     ):
         if not bootstrap_servers:
-            raise BusError("KafkaBus needs bootstrap servers (MEDSERL_KAFKA_BOOTSTRAP or --kafka-bootstrap)")
+            raise BusError("--bus kafka needs a broker address: pass --kafka-bootstrap HOST:PORT or set "
+                           f"MEDSERL_KAFKA_BOOTSTRAP / KAFKA_BOOTSTRAP_SERVERS; no broker yet? {HOW_TO_START}")
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
         self._request_timeout_ms = request_timeout_ms
         self._delivery_timeout_ms = delivery_timeout_ms
         self._session_timeout_ms = session_timeout_ms
         self._max_poll_interval_ms = max_poll_interval_ms
+        # topics this bus creates: 0 = min(3, brokers in the cluster), so a 3-node cluster survives a node
+        self.replication_factor = replication_factor
+        self._connect_timeout_s = connect_timeout_s
+        self._linger_ms = linger_ms  # batching: one request carries many messages (flush() still waits)
+        self._batch_size = batch_size
+        self._compression_type = compression_type
+        self._reachable = False
+        self.security = dict(security or {})  # kafka_security(): TLS / SASL options for every client
+        # the largest message a producer sends: kafka-python raises on a larger one, so the stream
+        # worker checks outputs against it first and dead-letters instead of dying
+        self.max_message_bytes = int(max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES)
         self._offsets_client = None  # a group-less consumer for end offsets, made on first use
         self._offsets_lock = threading.Lock()
 
+    def require_reachable(self) -> None:
+        """Fail in seconds, with what to do, when nothing listens at the bootstrap address (the client
+        library would retry for 30 s and end in a traceback). Checked once per bus."""
+        if self._reachable:
+            return
+        addresses = _addresses(self.bootstrap_servers)
+        deadline = time.monotonic() + self._connect_timeout_s
+        last: BaseException = ConnectionRefusedError("no address answered")
+        while True:
+            for host, port in addresses:
+                try:
+                    with socket.create_connection((host, port), timeout=min(2.0, self._connect_timeout_s)):
+                        self._reachable = True
+                        return
+                except OSError as exc:
+                    last = exc
+            if time.monotonic() >= deadline:
+                raise _not_reachable(self.bootstrap_servers, last)
+            time.sleep(0.5)
+
+    def _client(self, build):
+        """A kafka-python client; a broker that never answers the bootstrap is a BusError that says so."""
+        from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+        self.require_reachable()
+        try:
+            return build()
+        except (KafkaTimeoutError, KafkaConnectionError) as exc:
+            raise _not_reachable(self.bootstrap_servers, exc) from exc
+
     def producer(self) -> Producer:
-        return _KafkaProducer(self)
+        return self._client(lambda: _KafkaProducer(self))
 
     def consumer(self, topics: Sequence[str], group_id: str, client_id: str | None = None) -> Consumer:
-        return _KafkaConsumer(self, topics, group_id, client_id or self.client_id)
+        return self._client(lambda: _KafkaConsumer(self, topics, group_id, client_id or self.client_id))
+
+    def admin(self):
+        from kafka.admin import KafkaAdminClient
+
+        return self._client(lambda: KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
+                                                     client_id=f"{self.client_id}-admin",
+                                                     request_timeout_ms=self._request_timeout_ms,
+                                                     **self.security))
+
+    def topic_replication(self, admin) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) for new topics: the configured factor, else
+        min(3, brokers); min ISR one below it, so acks=all survives one broker down."""
+        factor = self.replication_factor
+        if factor <= 0:
+            factor = min(3, max(1, len(admin.describe_cluster().get("brokers", []))))
+        return factor, max(1, factor - 1)
 
     def ensure_topics(self, topics: Sequence[str], partitions: int = DEFAULT_PARTITIONS) -> None:
-        from kafka.admin import KafkaAdminClient, NewTopic
-        from kafka.errors import TopicAlreadyExistsError
+        from kafka.admin import NewTopic
+        from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-admin")
+        admin = self.admin()
         try:
             existing = set(admin.list_topics())
             missing = [t for t in topics if t not in existing]
             if missing:
-                new = [NewTopic(name=t, num_partitions=partitions, replication_factor=1) for t in missing]
+                factor, min_isr = self.topic_replication(admin)
+                new = [NewTopic(name=t, num_partitions=partitions, replication_factor=factor,
+                                topic_configs={"min.insync.replicas": str(min_isr)}) for t in missing]
                 try:
                     admin.create_topics(new_topics=new, validate_only=False)
                 except TopicAlreadyExistsError:
                     pass  # another service created it between list and create
             self._wait_for_metadata(admin, list(topics))
+        except KafkaError as exc:
+            raise BusError(f"could not create or describe topics on {self.bootstrap_servers}: {exc!r}") from exc
         finally:
             admin.close()
 
@@ -74,13 +203,15 @@ class KafkaBus(Bus):
         from kafka import KafkaConsumer, TopicPartition
         from kafka.errors import KafkaError
 
+        self.require_reachable()
         with self._offsets_lock:
             try:
                 if self._offsets_client is None:
                     self._offsets_client = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
                                                          enable_auto_commit=False,
                                                          client_id=f"{self.client_id}-offsets",
-                                                         request_timeout_ms=self._request_timeout_ms)
+                                                         request_timeout_ms=self._request_timeout_ms,
+                                                         **self.security)
                 partitions = sorted(self._offsets_client.partitions_for_topic(topic) or ())
                 tps = [TopicPartition(topic, p) for p in partitions]
                 offsets = self._offsets_client.end_offsets(tps) if tps else {}
@@ -105,6 +236,9 @@ class KafkaBus(Bus):
 
 
 class _KafkaProducer(Producer):
+    """One kafka-python producer, safe to share between threads: ``flush`` reports on the messages the
+    calling thread published since its last flush, never on another thread's."""
+
     def __init__(self, bus: KafkaBus):
         from kafka import KafkaProducer
 
@@ -113,24 +247,44 @@ class _KafkaProducer(Producer):
             client_id=f"{bus.client_id}-producer",
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
+            linger_ms=bus._linger_ms,
+            batch_size=bus._batch_size,
+            compression_type=bus._compression_type,
             request_timeout_ms=bus._request_timeout_ms,
             delivery_timeout_ms=bus._delivery_timeout_ms,
             reconnect_backoff_max_ms=1000,
+            # headroom over the largest value for its key, headers and the record batch's framing
+            max_request_size=bus.max_message_bytes + 64 * 1024,
+            **bus.security,
         )
-        self._pending: list = []
+        self._local = threading.local()  # this thread's unacknowledged futures
+
+    def _pending(self) -> list:
+        pending = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = []
+        return pending
 
     def publish(self, topic, value, key=None, headers=()):
+        from kafka.errors import KafkaError
+
         if not isinstance(value, bytes | bytearray):
             raise TypeError(f"value must be bytes, got {type(value).__name__}")
-        future = self._producer.send(topic, value=bytes(value), key=encode_key(key), headers=list(headers))
-        self._pending.append(future)
+        try:
+            future = self._producer.send(topic, value=bytes(value), key=encode_key(key), headers=list(headers))
+        except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms: the caller must not commit
+            raise BusError(f"could not queue a message for {topic}: {exc!r}") from exc
+        self._pending().append(future)
 
     def flush(self, timeout_s=None):
         from kafka.errors import KafkaError
 
-        self._producer.flush(timeout=timeout_s)
-        pending, self._pending = self._pending, []
+        # taken first: whatever happens below, these are reported to this caller once, and only to it
+        pending, self._local.pending = self._pending(), []
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise BusError(f"{len(pending)} messages not acknowledged within {timeout_s}s: {exc!r}") from exc
         failures = []
         for future in pending:
             try:
@@ -159,6 +313,7 @@ class _KafkaConsumer(Consumer):
             max_poll_interval_ms=bus._max_poll_interval_ms,
             request_timeout_ms=max(bus._request_timeout_ms, bus._session_timeout_ms + 5000),
             reconnect_backoff_max_ms=1000,
+            **bus.security,
         )
         self._consumer.subscribe(list(topics))
         # fetch the topics' metadata before the group join (first poll): a leader that assigns without it

@@ -59,6 +59,21 @@ TRAIN_STEP = Gauge("medserl_train_step", "Optimizer step", ["phase"])
 TRAIN_MEAN_REWARD = Gauge("medserl_train_mean_reward", "Mean reward of the last learner batch")
 # one gauge per REINFORCE++ step statistic (trainer/reinforce.py StepStats + the loop's batch stats)
 RL_STEP = Gauge("medserl_rl_step_stat", "Statistic of the last learner step (reward, fool rate, KL, ...)", ["stat"])
+RL_STEP_STATS = ("reward_total", "reward_format", "reward_verifier", "reward_game", "fool_rate", "fool_rate_inject",
+                 "fool_rate_paraphrase", "detection_rate", "false_flag_rate", "parseable_rate", "valid_rate",
+                 "mean_kl", "loss", "kl_loss", "entropy", "clip_fraction", "is_ratio_mean", "is_ratio_max",
+                 "is_corrected_fraction", "grad_norm", "learning_rate", "staleness_mean", "staleness_max",
+                 "rollouts_per_s", "tokens_per_s", "idle_fraction")  # the values of RL_STEP's label
 RL_GROUPS = Counter("medserl_rl_groups_total", "Groups the learner disposed of, by fate", ["fate"])
 RL_STALENESS = Histogram("medserl_rl_staleness_versions", "Versions between a group's policy and the learner's",
                          buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32))
+
+# --- hostile input and access control (issue 12) ---------------------------------------------
+AUTH_REFUSED = Counter("medserl_auth_refused_total", "gRPC calls and bus messages refused by authentication",
+                       ["service", "channel", "reason"])
+GRPC_LIMITED = Counter("medserl_grpc_limited_total", "gRPC calls refused by a limit (concurrency, deadline)",
+                       ["service", "method", "limit"])
+POISON_MESSAGES = Counter("medserl_poison_messages_total",
+                          "Messages dead-lettered after too many deliveries that never completed", ["service", "topic"])
+POLICY_UPDATES_REFUSED = Counter("medserl_policy_updates_refused_total", "Policy updates the injector refused",
+                                 ["reason"])

@@ -44,7 +44,7 @@ class ServiceSettings:
 
     bus: str = "memory"  # memory | kafka
     kafka_bootstrap: str = ""  # host:port[,host:port]; also KAFKA_BOOTSTRAP_SERVERS
-    grpc_host: str = "0.0.0.0"  # interface the gRPC server listens on
+    grpc_host: str = "127.0.0.1"  # interface gRPC listens on; another (0.0.0.0) needs tokens or client certificates
     grpc_port: int = 50051  # 0 picks a free port
     metrics_port: int = 9100  # Prometheus /metrics; 0 picks a free port; -1 disables
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
@@ -55,8 +55,35 @@ class ServiceSettings:
     max_batch: int = 32  # messages handled per poll
     poll_timeout_s: float = 0.5  # seconds a bus poll waits for messages
     max_attempts: int = 3  # tries before a message goes to the dead-letter topic
+    retry_for_s: float = 120.0  # a transient failure (a model server restarting) pauses and retries this long first
+    kafka_replication_factor: int = 0  # replicas of the topics a service creates; 0: min(3, brokers)
     shutdown_grace_s: float = 20.0  # seconds SIGTERM waits for the batch in hand before giving up
     grpc_workers: int = 8  # gRPC server threads
+    # --- access control and limits (issue 12); secrets come from files or the environment, never flags
+    metrics_host: str = "127.0.0.1"  # interface /metrics listens on (0.0.0.0 for a Prometheus scrape)
+    grpc_insecure: bool = False  # allow a non-loopback gRPC bind with neither tokens nor client certificates
+    grpc_tls_cert: str = ""  # PEM certificate (chain) of the gRPC server; with grpc_tls_key turns TLS on
+    grpc_tls_key: str = ""  # PEM private key of grpc_tls_cert
+    grpc_tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mutual TLS)
+    grpc_tokens_file: str = ""  # bearer tokens, one 'caller:token' a line (a mounted Secret); or $MEDSERL_GRPC_TOKENS
+    grpc_reflection: bool = True  # serve gRPC reflection (behind the tokens when tokens are on)
+    health_port: int = -1  # plaintext port with grpc.health.v1 only (kubelet probes when gRPC is TLS); -1: off
+    grpc_max_message_bytes: int = 8 * 1024 * 1024  # largest gRPC request or response
+    grpc_max_concurrent: int = 0  # calls handled at once, more are RESOURCE_EXHAUSTED; 0: grpc_workers - 2
+    grpc_max_call_s: float = 3600.0  # server-side deadline of a call (streams are cut, handlers may check)
+    max_message_bytes: int = 1_000_000  # largest bus message read or written (<= the broker's message.max.bytes)
+    dead_letter_payload_bytes: int = 262_144  # bytes of a failed message kept in its dead letter (0: ids and reason)
+    max_deliveries: int = 3  # a message handed to its handler this often without completing is poison
+    delivery_state_dir: str = ""  # delivery counts that survive a crash (an emptyDir); empty: in memory only
+    message_auth: str = "auto"  # auto | required | off: HMAC-signed bus messages (services.common.auth)
+    message_keys_dir: str = ""  # <service>.key files: this service's key and those of the producers it reads
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_ssl_cafile: str = ""  # PEM CA of the brokers (Strimzi: the cluster CA secret)
+    kafka_ssl_certfile: str = ""  # PEM client certificate (Strimzi: the KafkaUser secret's user.crt)
+    kafka_ssl_keyfile: str = ""  # PEM client key (user.key)
+    kafka_sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 (with a SASL_* protocol)
+    kafka_sasl_username: str = ""  # SASL user; the password from kafka_sasl_password_file or $MEDSERL_KAFKA_SASL_PASSWORD
+    kafka_sasl_password_file: str = ""  # file holding the SASL password (a mounted Secret)
 
 
 def _coerce(value: Any, annotation: Any, name: str, source: str) -> Any:

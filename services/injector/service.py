@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import grpc
 
@@ -82,6 +83,9 @@ class InjectorSettings(ModelServiceSettings):
     learner_batch_rollouts: int = 64  # the learner's rollouts_per_update; 0 turns admission control off
     verify_checkpoint_sha256: bool = True  # refuse a policy update whose files do not match its sha256
     max_group_size: int = 32  # gRPC Inject: largest n a client may ask for
+    max_seeds_per_call: int = 1000  # gRPC SubmitSeeds: notes in one call
+    max_version_jump: int = 1000  # an unsigned update more than this above the learner's newest version is forged
+    checkpoint_root: str = ""  # when set, policy checkpoints must lie under this folder (e.g. /checkpoints)
 
 
 def group_id_for(note_id: str, record: Record | None) -> str:
@@ -90,6 +94,10 @@ def group_id_for(note_id: str, record: Record | None) -> str:
         return f"{note_id}~{uuid.uuid4().hex[:12]}"
     digest = hashlib.sha256(f"{record.topic}:{record.partition}:{record.offset}".encode()).hexdigest()[:12]
     return f"{note_id}~{digest}"
+
+
+class PolicyUpdateRefused(PolicyUpdateError):
+    """A policy update that is not the learner's (forged or out of sequence): ignored, never accounted."""
 
 
 class PolicyState:
@@ -133,15 +141,50 @@ class PolicyState:
             window_left = max(0, (self.window or 0) - self.in_flight())
             self.credit = max(0, self.credit - max(0, groups - window_left))
 
-    def account(self, update: pb.PolicyUpdate) -> None:
-        """The learner's accounting (every update carries it, a new version or not)."""
+    def account(self, update: pb.PolicyUpdate, trusted: bool = True) -> None:
+        """The learner's accounting (every update carries it, a new version or not). An update that is
+        not ``trusted`` (unsigned) cannot switch admission off: it never disposes of more groups than were
+        generated, and no grant is larger than one window (issue 12)."""
         with self._changed:
-            self.groups_consumed = max(self.groups_consumed, update.groups_consumed)
+            consumed = update.groups_consumed
+            if not trusted and consumed > self.groups_consumed:
+                consumed = min(consumed, self.generated_groups())
+            self.groups_consumed = max(self.groups_consumed, consumed)
             if update.version > self.learner_version:
                 self.learner_version = update.version
             if update.rollouts_wanted > 0:  # the newest request, not the sum of every request ever made
-                self.credit = max(self.credit, math.ceil(update.rollouts_wanted / self.settings.group_size))
+                grant = math.ceil(update.rollouts_wanted / self.settings.group_size)
+                self.credit = max(self.credit, min(grant, self.window or grant))
             self._changed.notify_all()
+
+    def refusal(self, update: pb.PolicyUpdate, trusted: bool, horizon: int | None = None) -> str:
+        """Why an update must be ignored entirely, neither loaded nor accounted ('' when it may be
+        used): an unsigned version far past the learner's sequence (a forged 1000000000001 would mask
+        every real version), or a checkpoint outside ``checkpoint_root``."""
+        horizon = self.learner_version if horizon is None else horizon
+        if not trusted and update.version > horizon + max(1, self.settings.max_version_jump):
+            return (f"version {update.version} jumps more than max_version_jump={self.settings.max_version_jump} "
+                    f"past the learner's newest version {horizon}")
+        if update.version < 0 or update.groups_consumed < 0 or update.rollouts_wanted < 0:
+            return "negative version or accounting"
+        root = self.settings.checkpoint_root
+        if root and update.checkpoint_uri:
+            resolved = local_path(update.checkpoint_uri).resolve()
+            if not resolved.is_relative_to(Path(root).resolve()):
+                return f"checkpoint outside checkpoint_root {root}"
+        return ""
+
+    def update(self, update: pb.PolicyUpdate, trusted: bool = True) -> bool:
+        """Load a newer version (older or equal versions are ignored), then account the update (also when
+        loading fails): the budget it frees is spent by the version it announces. True when it switched.
+        A refused update (``refusal``) raises PolicyUpdateRefused and is not accounted."""
+        reason = self.refusal(update, trusted)
+        if reason:
+            raise PolicyUpdateRefused(reason)
+        try:
+            return self._load(update)
+        finally:
+            self.account(update, trusted)
 
     def update(self, update: pb.PolicyUpdate) -> bool:
         """Load a newer version (older or equal versions are ignored), then account the update (also when
