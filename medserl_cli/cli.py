@@ -22,7 +22,8 @@ COMMAND_MODULES = (
     "medserl_cli.commands.model",
     "medserl_cli.commands.train",
     "medserl_cli.commands.eval",
-    "medserl_cli.commands.up",  # up, down, status: the distributed pipeline on one machine
+    "medserl_cli.commands.up",  # up, down: the distributed pipeline on one machine
+    "medserl_cli.commands.status",
     "medserl_cli.commands.client",
     "medserl_cli.commands.deadletter",
 )

@@ -24,23 +24,26 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PipelineConfig:
-    out: str = "runs/latest"
-    medec_dir: str | None = None  # MEDEC CSVs / pair JSONL; None -> $MEDSERL_MEDEC_DIR, else the demo set
-    seed: int = 0
-    max_note_chars: int = 600  # the CPU demo learns on short notes (shorter chats: faster steps, faster learning)
-    sft_pairs: int = 80  # MEDEC pairs -> 2 SFT examples each (CORRECT + INCORRECT)
-    sft_epochs: float = 6.0  # ~200 steps: where the tiny model starts writing parseable answers
+    """The embedded demo run (``medserl run``); its flags are generated from these fields."""
+
+    out: str = "runs/latest"  # output folder: report.md, summary.json, models, data
+    medec_dir: str | None = None  # MEDEC CSVs / pair JSONL (none: $MEDSERL_MEDEC_DIR, else the bundled demo set)
+    seed: int = 0  # seeds data splits, models, sampling
+    max_note_chars: int = 600  # use notes up to this length (the CPU demo model learns short notes)
+    sft_pairs: int = 80  # MEDEC pairs for the SFT set (2 examples each: CORRECT + INCORRECT)
+    sft_epochs: float = 6.0  # SFT epochs of the tiny model
     rl_seed_notes: int = 200  # distinct rl_train notes, cycled as the injector drains them
-    rl_updates: int = 16
-    rl_rollouts_per_update: int = 32
+    rl_updates: int = 16  # policy versions the learner publishes
+    rl_rollouts_per_update: int = 32  # rollouts per learner step
+    rl_group_size: int = 4  # edits sampled per seed note (the per-note baseline)
+    rl_learning_rate: float = 1e-4  # the learner's rate (full weights of the tiny model)
+    rl_max_new_tokens: int = 96  # the injector's longest edit
+    eval_max_new_tokens: int = 96  # the assessor's longest answer in the MEDEC evaluation
+    rl_timeout_s: float = 900.0  # stop self-play after this long
     eval_seed_notes: int = 24  # held-out (eval split) seed notes for the injector evaluation
-    rl_group_size: int = 4
-    rl_learning_rate: float = 1e-4
-    rl_max_new_tokens: int = 96
-    eval_max_new_tokens: int = 96
-    rl_timeout_s: float = 900.0
-    eval_notes: int = 60
-    progress: bool = True
+    eval_notes: int = 60  # MEDEC test notes for the frozen assessor's evaluation
+    resume: bool = False  # reuse the stages a previous run in --out finished (their results are kept)
+    progress: bool = True  # progress bars
 
 
 @contextmanager
@@ -203,20 +206,31 @@ def run_pipeline(config: PipelineConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     results: dict = {"config": asdict(config)}
-    with stage("1/6 data prepare", seconds):
-        results["data"] = stage_data(config, out)
-    with stage("2/6 SFT set (offline generator, verified)", seconds):
-        results["sft_data"] = stage_sft_data(config, out, results["data"])
-    with stage("3/6 tiny model", seconds):
-        results["tiny_model"] = stage_tiny_model(config, out, results["data"])
-    with stage("4/6 SFT", seconds):
-        results["sft"] = stage_sft(config, out, results["tiny_model"])
-    with stage("5/7 RL self-play (verifier, injector, assessor, learner on the in-memory bus)", seconds):
-        results["rl"] = stage_rl(config, out, results["sft"], results["data"])
-    with stage("6/7 injector evaluation on held-out seeds (v0 vs final)", seconds):
-        results["injector_eval"] = stage_injector_eval(config, out, results["sft"], results["rl"], results["data"])
-    with stage("7/7 MEDIQA-CORR evaluation of the frozen assessor", seconds):
-        results["eval"] = stage_eval(config, out, results["sft"], results["data"])
+    done = out / "stages"
+    done.mkdir(exist_ok=True)
+
+    def run_stage(key: str, title: str, fn):
+        """A stage, or (``--resume``) the result a previous run in ``out`` saved for it."""
+        saved = done / f"{key}.json"
+        if config.resume and saved.exists():
+            print(f"\n== {title}: reused from {saved}", flush=True)
+            results[key] = json.loads(saved.read_text())
+            return
+        with stage(title, seconds):
+            results[key] = fn()
+        saved.write_text(json.dumps(results[key], default=str) + "\n")
+
+    run_stage("data", "1/7 data prepare", lambda: stage_data(config, out))
+    run_stage("sft_data", "2/7 SFT set (offline generator, verified)",
+              lambda: stage_sft_data(config, out, results["data"]))
+    run_stage("tiny_model", "3/7 tiny model", lambda: stage_tiny_model(config, out, results["data"]))
+    run_stage("sft", "4/7 SFT", lambda: stage_sft(config, out, results["tiny_model"]))
+    run_stage("rl", "5/7 RL self-play (verifier, injector, assessor, learner on the in-memory bus)",
+              lambda: stage_rl(config, out, results["sft"], results["data"]))
+    run_stage("injector_eval", "6/7 injector evaluation on held-out seeds (v0 vs final)",
+              lambda: stage_injector_eval(config, out, results["sft"], results["rl"], results["data"]))
+    run_stage("eval", "7/7 MEDIQA-CORR evaluation of the frozen assessor",
+              lambda: stage_eval(config, out, results["sft"], results["data"]))
     results["stage_seconds"] = seconds
     (out / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     report = write_report(results, out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import threading
 import time
@@ -34,9 +35,11 @@ from google.protobuf.message import DecodeError
 from medserl.v1 import messages_pb2 as pb
 from medserl.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common import metrics
+from services.common.auth import bus_auth
 from services.common.bus import Bus, BusError, Consumer, Record
 from services.common.fileio import write_atomic
-from services.common.reward import EXCLUDED, FOOLED, INVALID, UNPARSEABLE
+from services.common.limits import MAX_ID_CHARS, id_problem
+from services.common.reward import EXCLUDED, FOOLED, INVALID, OUTCOMES, UNPARSEABLE
 from services.common.runtime import GrpcBinding, Service
 from services.common.settings import ServiceSettings
 from services.common.topics import (
@@ -46,7 +49,7 @@ from services.common.topics import (
     ROLLOUTS_SCORED,
     ROLLOUTS_VERIFIED,
 )
-from services.common.worker import dead_letter
+from services.common.worker import DEAD_LETTER_PAYLOAD_BYTES, dead_letter
 from trainer.reinforce import Learner, NonFiniteError, PreparedGroup, ReinforcePPConfig, StepStats
 
 log = logging.getLogger(__name__)
@@ -123,7 +126,8 @@ class LearnerLoop:
         self._load_state()
         self.learner: Learner = (learner_factory or build_learner)(settings, self.latest_checkpoint())
         self.learner.step_count = self.version
-        self.producer = bus.producer()
+        self.producer = bus.producer()  # the service's view of the bus: signs as the trainer when keyed
+        self.vocab_size = _vocab_size(self.learner)
         self.group_id = settings.group_id or "medserl-trainer"
         self._buffer: list[PreparedGroup] = []
         self._polled: list[Record] = []  # disposed of, not committed yet
@@ -251,15 +255,27 @@ class LearnerLoop:
         self._accounting_dirty = True
 
     def _group_arrived(self, record: Record) -> None:
+        # rewards only from the assessor (issue 12): a forged or oversized group is dead-lettered and
+        # never disposed of, so it can neither take a real group's id nor widen the injector's window
+        limit = getattr(self.settings, "max_message_bytes", 0)
+        if limit and len(record.value) > limit:
+            self._reject(record, f"message is {len(record.value)} bytes, over the limit of {limit}", "TooLarge")
+            return
+        auth = bus_auth(self.bus)
+        refused = auth.check(record, "medserl.v1.RolloutGroup") if auth is not None else ""
+        if refused:
+            self._reject(record, refused, "Unauthenticated")
+            return
         try:
             group = pb.RolloutGroup.FromString(record.value)
         except DecodeError as exc:
             self._reject(record, f"undecodable medserl.v1.RolloutGroup: {exc}", "DecodeError")
             return
-        problem = _invalid_group(group)
+        problem = _invalid_group(group, self.vocab_size)
         if problem:
             self._reject(record, problem, "InvalidInput")
-            self._dispose(group.group_id, len(group.rollouts), "invalid")
+            self._dispose("" if id_problem("group_id", group.group_id) else group.group_id, len(group.rollouts),
+                          "invalid")
             return
         if group.group_id in self._remembered_set or any(p.group.group_id == group.group_id for p in self._buffer):
             metrics.DUPLICATES_SKIPPED.labels("trainer", record.topic).inc()
@@ -274,9 +290,15 @@ class LearnerLoop:
             self._buffer.append(self.learner.prepare(group))
         except NonFiniteError as exc:
             self._quarantine([group], exc.reason)
+        except (ValueError, IndexError, RuntimeError) as exc:  # a group the model cannot take: never a crash
+            log.error("group could not be prepared", extra={"error_class": type(exc).__name__})
+            self._quarantine([group], f"could not be prepared ({type(exc).__name__})")
 
     def _dead_letter_seen(self, record: Record) -> None:
         """A group another service dead-lettered on its way here counts as disposed of (``lost``)."""
+        auth = bus_auth(self.bus)
+        if auth is not None and auth.check(record, "medserl.v1.DeadLetter"):
+            return  # a forged dead letter would inflate the accounting the injector's window follows
         try:
             letter = pb.DeadLetter.FromString(record.value)
         except DecodeError:
@@ -287,8 +309,10 @@ class LearnerLoop:
         try:
             group = pb.RolloutGroup.FromString(letter.payload)
             key, rollouts = group.group_id, len(group.rollouts)
-        except DecodeError:
-            group, key, rollouts = None, "", 0
+        except DecodeError:  # cut to dead_letter_payload_bytes: the record key is the group id
+            group, key, rollouts = None, letter.key.decode("utf-8", "replace"), 0
+        if id_problem("group_id", key):
+            key = ""
         if not key:
             if letter.source_topic != self.topic(ROLLOUTS_GENERATED):
                 return  # not one of ours: it never took a slot of the injector's window
@@ -308,7 +332,8 @@ class LearnerLoop:
     def _quarantine(self, groups: list[pb.RolloutGroup], reason: str) -> None:
         for group in groups:
             letter = pb.DeadLetter(source_topic=self.topic(ROLLOUTS_SCORED), key=group.group_id.encode(),
-                                   payload=group.SerializeToString(), reason=f"quarantined: {reason}"[:2000],
+                                   payload=group.SerializeToString()[:DEAD_LETTER_PAYLOAD_BYTES],
+                                   reason=f"quarantined: {reason}"[:2000],
                                    error_class="NonFinite", service="trainer",
                                    failed_unix_ms=int(time.time() * 1000), attempts=1)
             self.producer.publish(self.topic(DEAD_LETTER), letter.SerializeToString(), key=group.group_id)
@@ -434,17 +459,49 @@ class LearnerLoop:
                 metrics.RL_STEP.labels(name).set(value)
 
 
-def _invalid_group(group: pb.RolloutGroup) -> str:
-    """Why a scored group cannot be trained on ('' when it can)."""
+MAX_ABS_REWARD = 100.0  # far above any reward ladder; a larger one is forged or broken
+MAX_GROUP_ROLLOUTS = 1024
+
+
+def _vocab_size(learner) -> int | None:
+    """The policy's embedding rows: a token id at or above it would crash the forward pass."""
+    policy = getattr(learner, "policy", None)
+    try:
+        return int(policy.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError, ValueError):
+        size = getattr(getattr(policy, "config", None), "vocab_size", None)
+        return int(size) if size else None
+
+
+def _invalid_group(group: pb.RolloutGroup, vocab_size: int | None = None) -> str:
+    """Why a scored group cannot be trained on ('' when it can): ids, token ids within the vocabulary,
+    finite log-probs and rewards (issue 12: a token id of 1e9 crash-looped the trainer)."""
     if not group.group_id or not group.rollouts:
         return "scored group without a group_id or without rollouts"
+    if problem := id_problem("group_id", group.group_id):
+        return problem
+    if len(group.rollouts) > MAX_GROUP_ROLLOUTS:
+        return f"group has {len(group.rollouts)} rollouts (limit {MAX_GROUP_ROLLOUTS})"
     for r in group.rollouts:
         if not r.rollout_id or not r.completion_token_ids:
             return f"group {group.group_id!r}: a rollout without an id or completion tokens"
+        if problem := id_problem("rollout_id", r.rollout_id, 2 * MAX_ID_CHARS):
+            return problem
         if len(r.behaviour_logprobs) != len(r.completion_token_ids):
             return f"rollout {r.rollout_id!r}: behaviour_logprobs and completion_token_ids differ in length"
         if not r.HasField("reward") or not r.reward.outcome:
             return f"rollout {r.rollout_id!r} has no reward (only the assessor scores rollouts)"
+        if r.reward.outcome not in OUTCOMES:
+            return f"rollout {r.rollout_id!r}: unknown reward outcome"
+        # non-finite values pass: the learner quarantines them (NonFiniteError) before any step
+        parts = (r.reward.total, r.reward.game, r.reward.verifier, r.reward.format)
+        if any(math.isfinite(x) and abs(x) > MAX_ABS_REWARD for x in parts):
+            return f"rollout {r.rollout_id!r}: a reward beyond +-{MAX_ABS_REWARD:g}"
+        if any(math.isfinite(x) and x > 1e-3 for x in r.behaviour_logprobs):  # log-probs are <= 0 (+ rounding)
+            return f"rollout {r.rollout_id!r}: a positive behaviour log-prob"
+        for name, ids in (("prompt", r.prompt_token_ids), ("completion", r.completion_token_ids)):
+            if ids and (min(ids) < 0 or (vocab_size is not None and max(ids) >= vocab_size)):
+                return f"rollout {r.rollout_id!r}: a {name} token id outside the vocabulary (size {vocab_size})"
     return ""
 
 
@@ -560,7 +617,7 @@ class TrainerService(Service):
 
     def __init__(self, settings: TrainerSettings, bus: Bus, learner_factory=None):
         super().__init__(settings, bus)
-        self.loop = LearnerLoop(settings, bus, learner_factory)
+        self.loop = LearnerLoop(settings, self.bus, learner_factory)
 
     def grpc_bindings(self):
         return [

@@ -51,7 +51,8 @@ def check_ports_free(settings) -> None:
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((settings.grpc_host if name == "grpc_port" else "0.0.0.0", port))
+                probe.bind((settings.grpc_host if name == "grpc_port" else getattr(settings, "metrics_host", "0.0.0.0"),
+                            port))
             except OSError as exc:
                 flag = "--" + name.replace("_", "-")
                 raise CliError(f"port {port} ({flag}) is already in use ({exc.strerror}): is this service "

@@ -88,11 +88,15 @@ def last_error(log_file: str) -> str:
     return ""
 
 
-def consumer_lag(bootstrap: str) -> tuple[list[dict[str, Any]], int]:
-    """Lag of every active (or lagging) medserl consumer group, and the dead letters on every topic."""
+def consumer_lag(bootstrap: str, suffixes: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """Lag of every active (or lagging) consumer group on this deployment's topics (its suffixes: a
+    shared cluster has others), and the dead letters waiting on its dead-letter topics."""
     from kafka import TopicPartition
 
     from services.common.kafka_bus import KafkaBus
+    from services.common.topics import ALL_TOPICS, DEAD_LETTER
+
+    ours = {f"{t}{suffix}" for t in ALL_TOPICS for suffix in suffixes}
 
     bus = KafkaBus(bootstrap, connect_timeout_s=3)
     admin = bus.admin()
@@ -100,7 +104,7 @@ def consumer_lag(bootstrap: str) -> tuple[list[dict[str, Any]], int]:
         groups = [g["group_id"] for g in admin.list_groups() if str(g["group_id"]).startswith("medserl-")]
         described = admin.describe_groups(groups) if groups else {}
         offsets = admin.list_group_offsets({g: None for g in groups}) if groups else {}
-        topics = {tp.topic for committed in offsets.values() for tp in committed}
+        topics = {tp.topic for committed in offsets.values() for tp in committed if tp.topic in ours}
         ends: dict[tuple[str, int], int] = {}
         for topic in topics:
             for partition, end in enumerate(bus.end_offsets(topic)):
@@ -110,13 +114,19 @@ def consumer_lag(bootstrap: str) -> tuple[list[dict[str, Any]], int]:
             committed: dict[TopicPartition, Any] = offsets.get(group, {})
             lag: dict[str, int] = {}
             for tp, meta in committed.items():
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, ends.get((tp.topic, tp.partition), 0) - meta.offset)
-            members = len((described.get(group) or {}).get("members", []))
+                if tp.topic in ours:
+                    lag[tp.topic] = lag.get(tp.topic, 0) + max(0, ends.get((tp.topic, tp.partition), 0) - meta.offset)
+            member_list = (described.get(group) or {}).get("members", [])
+            subscribed = {t for m in member_list for t in (m.get("member_metadata") or {}).get("topics", [])}
+            if not lag and not subscribed & ours:
+                continue  # another deployment's group
+            members = len(member_list)
             if members == 0 and not any(lag.values()):
                 continue  # an old, caught-up group (e.g. a stopped injector's policy reader)
             rows.append({"group": group, "members": members, "state": (described.get(group) or {}).get("group_state"),
                          "lag": lag})
-        dead = sum(sum(bus.end_offsets(t)) for t in admin.list_topics() if t.split(".", 1)[0] == "deadletter")
+        existing = set(admin.list_topics())
+        dead = sum(sum(bus.end_offsets(f"{DEAD_LETTER}{s}")) for s in suffixes if f"{DEAD_LETTER}{s}" in existing)
         return rows, dead
     finally:
         admin.close()
@@ -147,8 +157,10 @@ def collect(state: dict[str, Any], interval: float) -> dict[str, Any]:
             rate = (after - (before or 0.0)) / elapsed if after is not None else None
         else:
             rate = None
-        row["rollouts_per_s"] = rate
-        row["dead_letters"] = metric_sum(second[name], "medserl_dead_letters_total")
+        scraped = bool(second[name])  # a counter with no sample yet is a zero, when /metrics answered
+        row["rollouts_per_s"] = rate if rate is not None or not scraped or name not in (*ROLLOUT_COUNTERS,
+                                                                                         "trainer") else 0.0
+        row["dead_letters"] = metric_sum(second[name], "medserl_dead_letters_total") or (0.0 if scraped else None)
         row["last_error"] = last_error(entry.get("log", ""))
         rows.append(row)
     broker = state.get("broker") or {}
@@ -157,7 +169,8 @@ def collect(state: dict[str, Any], interval: float) -> dict[str, Any]:
                                       "alive": process_alive(broker.get("pid"), BROKER_MARKER)
                                       if broker.get("kind") == "java" else None}}
     try:
-        out["groups"], out["dead_letters_on_topic"] = consumer_lag(state["bootstrap"])
+        out["groups"], out["dead_letters_on_topic"] = consumer_lag(state["bootstrap"],
+                                                                   state.get("topic_suffixes") or [""])
     except Exception as exc:  # noqa: BLE001 - the broker being down is a status, not a crash
         out["groups"], out["dead_letters_on_topic"], out["broker_error"] = [], None, str(exc)[:300]
     return out

@@ -269,8 +269,9 @@ def run_up(args: argparse.Namespace) -> int:
     bootstrap = args.kafka_bootstrap or kafka.get("bootstrap", "")
     state_dir.mkdir(parents=True, exist_ok=True)
     _build(config)
+    suffixes = sorted({str({**common, **block}.get("topic_suffix", "")) for block in services.values()})
     state: dict[str, Any] = {"config": str(config_path), "started_unix": time.time(), "broker": None,
-                             "bootstrap": bootstrap, "services": {}}
+                             "bootstrap": bootstrap, "topic_suffixes": suffixes, "services": {}}
     try:
         if not bootstrap:
             port = args.kafka_port if args.kafka_port is not None else int(kafka.get("port", 9092))
@@ -282,7 +283,7 @@ def run_up(args: argparse.Namespace) -> int:
             from services.common.kafka_bus import KafkaBus
 
             KafkaBus(bootstrap).require_reachable()  # a BusError that says how to start one
-        _create_topics(bootstrap, services, common)
+        _create_topics(bootstrap, services, common, suffixes)
         deadline = time.monotonic() + args.timeout
         for name in _ordered(list(services)):
             state["services"][name] = _spawn(name, {**common, **services[name]}, bootstrap, state_dir)
@@ -311,16 +312,15 @@ def run_up(args: argparse.Namespace) -> int:
     return code
 
 
-def _create_topics(bootstrap: str, services: dict[str, dict], common: dict[str, Any]) -> None:
+def _create_topics(bootstrap: str, services: dict[str, dict], common: dict[str, Any], suffixes: list[str]) -> None:
     """Every topic once, before the services race to create them."""
     from services.common.kafka_bus import KafkaBus
     from services.common.topics import ALL_TOPICS
 
-    suffixes = {str({**common, **block}.get("topic_suffix", "")) for block in services.values()}
     factors = {int({**common, **block}.get("kafka_replication_factor", 0)) for block in services.values()}
     bus = KafkaBus(bootstrap, replication_factor=max(factors))
     try:
-        bus.ensure_topics([f"{t}{suffix}" for suffix in sorted(suffixes) for t in ALL_TOPICS])
+        bus.ensure_topics([f"{t}{suffix}" for suffix in suffixes for t in ALL_TOPICS])
     finally:
         bus.close()
 

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +245,20 @@ def secure_bus(bus: Bus, service: str, settings) -> Bus:
 
 def bus_auth(bus: Bus) -> MessageAuth | None:
     return getattr(bus, "message_auth", None) if isinstance(bus, SecureBus) else None
+
+
+_KEY_PATTERN = re.compile(r"\b(sk-(?:proj-)?[A-Za-z0-9_-]{12,}|Bearer\s+[A-Za-z0-9._~+/=-]{12,})")
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` without API keys or bearer tokens: the given secrets, $OPENAI_API_KEY and anything shaped
+    like a key (an upstream 401 body echoes the key it refused; issue 12)."""
+    if not text:
+        return text
+    known = [v for v in (*secrets, os.environ.get("OPENAI_API_KEY", "")) if v and len(v) >= 8]
+    for secret in known:
+        text = text.replace(secret, "<redacted>")
+    return _KEY_PATTERN.sub("<redacted>", text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -167,9 +167,19 @@ def one_line(text: str) -> str:
     return _LINE_BREAKS.sub(" ", text).strip()
 
 
+# Chat-template control strings spelled in note text (``<|im_end|>``, ``<think>``, ``</s>``, DeepSeek's
+# ``<｜...｜>``): a zero-width space after the ``<`` keeps them readable but never a special token, so a
+# note cannot close its turn and pre-write the verdict (issue 12). ``<5 mg`` and ``< 10`` are untouched.
+_CONTROL_LIKE = re.compile(r"<(?=[|\uff5c]|/?[A-Za-z_][\w.:-]{0,40}>)")
+
+
+def neutralise_control_tokens(text: str) -> str:
+    return _CONTROL_LIKE.sub("<\u200b", text)
+
+
 def render_note(sentences: Sentences) -> str:
-    """Numbered sentences, one per line: ``[<id>] <sentence>``."""
-    return "\n".join(f"[{int(sid)}] {one_line(str(text))}" for sid, text in sentences)
+    """Numbered sentences, one per line: ``[<id>] <sentence>``; control-token spellings neutralised."""
+    return "\n".join(f"[{int(sid)}] {neutralise_control_tokens(one_line(str(text)))}" for sid, text in sentences)
 
 
 def assessor_messages(sentences: Sentences) -> list[dict]:

@@ -103,8 +103,9 @@ class KafkaBus(Bus):
         max_message_bytes: int | None = None,
     ):
         if not bootstrap_servers:
-            raise BusError("--bus kafka needs a broker address: pass --kafka-bootstrap HOST:PORT or set "
-                           f"MEDSERL_KAFKA_BOOTSTRAP / KAFKA_BOOTSTRAP_SERVERS; no broker yet? {HOW_TO_START}")
+            raise BusError("--bus kafka needs a broker address: pass --kafka-bootstrap HOST:PORT (or set "
+                           "MEDSERL_KAFKA_BOOTSTRAP / KAFKA_BOOTSTRAP_SERVERS); no broker yet? `make kafka` runs one "
+                           "on 127.0.0.1:9092, `medserl up` runs the whole pipeline")
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
         self._request_timeout_ms = request_timeout_ms

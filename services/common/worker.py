@@ -284,6 +284,7 @@ class StreamWorker:
         self.dead_letter_payload_bytes = int(getattr(settings, "dead_letter_payload_bytes",
                                                      self.dead_letter_payload_bytes))
         self.max_deliveries = max(1, int(getattr(settings, "max_deliveries", self.max_deliveries)))
+        self.retry_for_s = float(getattr(settings, "retry_for_s", self.retry_for_s))  # a model server's restart
         state_dir = getattr(settings, "delivery_state_dir", "")
         if state_dir:
             Path(state_dir).mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,12 @@ from medec.prepare import PairRecord, normalize_error_type
 from medserl.v1 import generator_pb2, generator_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import metrics, topics
+from services.common.auth import Caller, redact
 from services.common.bus import Bus
 from services.common.formats import ERROR_TYPES
+from services.common.guard import ANONYMOUS, current_caller
 from services.common.notes import MAX_NOTE_CHARS
-from services.common.runtime import GrpcBinding, Service
+from services.common.runtime import GrpcBinding, Service, is_loopback
 from services.common.settings import ServiceSettings
 from services.generator.pipeline import GeneratorConfig, GeneratorError, SftGenerator
 
@@ -52,13 +54,30 @@ class GeneratorSettings(ServiceSettings):
     concurrency: int = 16
     max_tries: int = 3
     request_timeout_s: float = 60.0
-    default_max_cost_usd: float = 0.0  # 0: no budget unless the request sets one
+    default_max_cost_usd: float = 0.0  # 0: no budget unless the request sets one (then max_cost_per_job_usd)
+    # access control on the operator's API key (issue 12: 60 anonymous jobs -> 125 threads, 600 paid calls)
+    max_jobs: int = 4  # jobs running at once, all callers together (each runs `concurrency` threads)
+    max_jobs_per_caller: int = 2  # jobs one caller may have running at once
+    max_cost_per_job_usd: float = 50.0  # hard cap on one job's budget when the paid API is used
+    max_spend_per_caller_usd: float = 200.0  # budget one caller may reserve over the service's life
+    allow_anonymous_spend: bool = False  # let callers without a token start paid jobs (off a loopback bind)
+
+
+class AccessDenied(Exception):
+    """The caller may not do this (PERMISSION_DENIED)."""
+
+
+class LimitExceeded(Exception):
+    """A per-caller or per-service limit is reached (RESOURCE_EXHAUSTED)."""
 
 
 @dataclass
 class Job:
     job_id: str
     pairs_total: int
+    caller: str = "anonymous"
+    caller_authenticated: bool = False
+    reserved_usd: float = 0.0  # the budget held against the caller's spend limit until the job ends
     state: str = "queued"
     message: str = ""
     examples: list[pb.SftExample] = field(default_factory=list)
@@ -174,18 +193,26 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
 
     def SubmitPairs(self, request, context):
         try:
-            job = self.service.submit(request)
+            job = self.service.submit(request, current_caller())
         except ValueError as exc:
             metrics.GRPC_REQUESTS.labels("generator", "SubmitPairs", "INVALID_ARGUMENT").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except AccessDenied as exc:
+            metrics.GRPC_REQUESTS.labels("generator", "SubmitPairs", "PERMISSION_DENIED").inc()
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except LimitExceeded as exc:
+            metrics.GRPC_REQUESTS.labels("generator", "SubmitPairs", "RESOURCE_EXHAUSTED").inc()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         metrics.GRPC_REQUESTS.labels("generator", "SubmitPairs", "OK").inc()
         return generator_pb2.JobRef(job_id=job.job_id)
 
     def _job(self, request, context, method: str) -> Job:
         job = self.service.jobs.get(request.job_id)
-        if job is None:
+        caller = current_caller()
+        if job is None or (job.caller_authenticated and (caller.name, caller.authenticated) != (job.caller, True)):
+            # another caller's job is answered like a missing one: ids are not for probing
             metrics.GRPC_REQUESTS.labels("generator", method, "NOT_FOUND").inc()
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id[:64]!r}")
         metrics.GRPC_REQUESTS.labels("generator", method, "OK").inc()
         return job
 
@@ -214,7 +241,8 @@ class GeneratorService(Service):
     def __init__(self, settings: GeneratorSettings, bus: Bus):
         super().__init__(settings, bus)
         self.jobs: dict[str, Job] = {}
-        self.producer = bus.producer()
+        self.producer = self.bus.producer()  # signs as the generator when keys are configured
+        self.spent: dict[str, float] = {}  # caller -> budget reserved or spent (max_spend_per_caller_usd)
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -226,7 +254,31 @@ class GeneratorService(Service):
         return [GrpcBinding(generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(self), SERVICE_NAME)]
 
     # --- jobs ---------------------------------------------------------------------------------------
-    def submit(self, request: generator_pb2.SubmitPairsRequest) -> Job:
+    def _admit(self, caller: Caller, paid: bool, budget: float | None) -> float | None:
+        """The job's budget once the caller may start it; AccessDenied / LimitExceeded say why not."""
+        s = self.settings
+        if paid and not caller.authenticated and not s.allow_anonymous_spend and not is_loopback(s.grpc_host):
+            raise AccessDenied("jobs on the paid API need an authenticated caller (a bearer token); "
+                               "the operator can set allow_anonymous_spend")
+        running = [j for j in self.jobs.values() if not j.finished]
+        if len(running) >= s.max_jobs:
+            raise LimitExceeded(f"{len(running)} jobs are running (max_jobs {s.max_jobs}); retry later")
+        mine = sum(j.caller == caller.name for j in running)
+        if mine >= s.max_jobs_per_caller:
+            raise LimitExceeded(f"this caller has {mine} jobs running (max_jobs_per_caller {s.max_jobs_per_caller})")
+        if not paid:
+            return budget
+        cap = s.max_cost_per_job_usd
+        if cap > 0:
+            if budget is not None and budget > cap:
+                raise LimitExceeded(f"max_cost_usd {budget:g} is above the per-job limit of {cap:g} USD")
+            budget = cap if budget is None else budget
+        if budget is not None and self.spent.get(caller.name, 0.0) + budget > s.max_spend_per_caller_usd:
+            raise LimitExceeded(f"this caller's spend limit of {s.max_spend_per_caller_usd:g} USD would be passed "
+                                f"({self.spent.get(caller.name, 0.0):.2f} USD used or reserved)")
+        return budget
+
+    def submit(self, request: generator_pb2.SubmitPairsRequest, caller: Caller = ANONYMOUS) -> Job:
         if not request.pairs:
             raise ValueError("pairs is empty: send at least one NotePair")
         if len(request.pairs) > MAX_PAIRS_PER_JOB:
@@ -237,21 +289,24 @@ class GeneratorService(Service):
         if len({p.pair_id for p in pairs}) != len(pairs):
             raise ValueError("pair_id values must be unique within a job")
         s = self.settings
-        job = Job(job_id=uuid.uuid4().hex[:16], pairs_total=len(pairs))
-        budget = request.max_cost_usd or s.default_max_cost_usd or None
         api_key = os.environ.get("OPENAI_API_KEY") or None
+        with self._lock:  # admission and reservation together: two calls cannot both take the last slot
+            budget = self._admit(caller, api_key is not None, request.max_cost_usd or s.default_max_cost_usd or None)
+            job = Job(job_id=uuid.uuid4().hex[:16], pairs_total=len(pairs), caller=caller.name,
+                      caller_authenticated=caller.authenticated, reserved_usd=budget or 0.0)
+            self.spent[caller.name] = self.spent.get(caller.name, 0.0) + job.reserved_usd
+            self.jobs[job.job_id] = job
         config = GeneratorConfig(output_dir=os.path.join(s.output_root, job.job_id), prompt_file=s.prompt_file or None,
                                  num_pairs=len(pairs), add_reasoning=request.add_reasoning, api_key=api_key,
                                  base_url=s.openai_base_url or None, model=s.model, concurrency=s.concurrency,
                                  max_cost_usd=budget, seed=int(request.seed), max_tries=s.max_tries,
                                  request_timeout_s=s.request_timeout_s, progress=False)
-        with self._lock:
-            self.jobs[job.job_id] = job
         thread = threading.Thread(target=self._run_job, args=(job, config, pairs), name=f"generator-job-{job.job_id}",
                                   daemon=True)
         self._threads.append(thread)
         thread.start()
-        log.info("job submitted", extra={"job_id": job.job_id, "pairs": len(pairs)})
+        log.info("job submitted", extra={"job_id": job.job_id, "pairs": len(pairs), "caller": caller.name,
+                                         "budget_usd": budget})
         return job
 
     def _run_job(self, job: Job, config: GeneratorConfig, pairs: list[PairRecord]) -> None:
@@ -285,8 +340,10 @@ class GeneratorService(Service):
         except Exception as exc:  # noqa: BLE001 - a job failure must not take the service down
             log.exception("job failed", extra={"job_id": job.job_id})
             state, message, rejected, cost = "failed", f"{type(exc).__name__}: {exc}", 0, job.cost_usd
+        with self._lock:  # the reservation becomes what the job really spent
+            self.spent[job.caller] = self.spent.get(job.caller, 0.0) - job.reserved_usd + (cost or 0.0)
         with job.cond:
-            job.state, job.message, job.rejected, job.cost_usd = state, message, rejected, cost
+            job.state, job.message, job.rejected, job.cost_usd = state, redact(message), rejected, cost
             job.cond.notify_all()
         log.info("job finished", extra={"job_id": job.job_id, "state": state, "accepted": job.accepted})
 

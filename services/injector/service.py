@@ -47,7 +47,9 @@ import grpc
 from medserl.v1 import injector_pb2, injector_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import formats, metrics
+from services.common.auth import bus_auth
 from services.common.bus import Bus, Record
+from services.common.limits import id_problem
 from services.common.notes import InvalidNote, make_note, note_sentences
 from services.common.runtime import GrpcBinding, Service
 from services.common.topics import DEAD_LETTER, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_GENERATED
@@ -169,7 +171,7 @@ class PolicyState:
             return "negative version or accounting"
         root = self.settings.checkpoint_root
         if root and update.checkpoint_uri:
-            resolved = local_path(update.checkpoint_uri).resolve()
+            resolved = Path(update.checkpoint_uri.removeprefix("file://")).resolve()
             if not resolved.is_relative_to(Path(root).resolve()):
                 return f"checkpoint outside checkpoint_root {root}"
         return ""
@@ -185,14 +187,6 @@ class PolicyState:
             return self._load(update)
         finally:
             self.account(update, trusted)
-
-    def update(self, update: pb.PolicyUpdate) -> bool:
-        """Load a newer version (older or equal versions are ignored), then account the update (also when
-        loading fails): the budget it frees is spent by the version it announces. True when it switched."""
-        try:
-            return self._load(update)
-        finally:
-            self.account(update)
 
     def _load(self, update: pb.PolicyUpdate) -> bool:
         if update.version <= self.version or not update.checkpoint_uri:
@@ -252,6 +246,8 @@ class _InjectorServicer(injector_pb2_grpc.InjectorServicer):
     def Inject(self, request, context):
         service = self.service
         try:
+            if request.note.note_id and (problem := id_problem("note_id", request.note.note_id)):
+                raise InvalidNote(problem)
             sentences = note_sentences(request.note)
             if request.mode not in (pb.MODE_UNSPECIFIED, pb.MODE_PARAPHRASE, pb.MODE_INJECT):
                 raise InvalidNote(f"mode must be MODE_PARAPHRASE or MODE_INJECT, got {pb.Mode.Name(request.mode)}")
@@ -279,11 +275,15 @@ class _InjectorServicer(injector_pb2_grpc.InjectorServicer):
         return injector_pb2.InjectResponse(rollouts=rollouts)
 
     def SubmitSeeds(self, request, context):
+        limit = self.service.settings.max_seeds_per_call
+        if len(request.notes) > limit:
+            self._count("SubmitSeeds", grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{len(request.notes)} notes in one call (limit {limit})")
         for i, note in enumerate(request.notes):
             try:
+                if problem := id_problem("note_id", note.note_id):
+                    raise InvalidNote(problem)
                 note_sentences(note)
-                if not note.note_id:
-                    raise InvalidNote("note_id is empty")
             except InvalidNote as exc:
                 self._count("SubmitSeeds", grpc.StatusCode.INVALID_ARGUMENT)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"note #{i}: {exc}")
@@ -317,7 +317,7 @@ class InjectorService(Service):
                                        seed=None).validate()
         self.policy = PolicyState(self.backend, settings.initial_policy_version, settings,
                                   generated_groups=self._generated_groups)
-        self.producer = bus.producer()
+        self.producer = self.bus.producer()  # signs as the injector when keys are configured
         self._instance = uuid.uuid4().hex[:8]
         self._seed_worker: AdmissionWorker | None = None
         self._rng = random.Random(settings.seed)
@@ -405,8 +405,8 @@ class InjectorService(Service):
         items, positions = [], []
         for i, (note, record) in enumerate(zip(notes, records, strict=True)):
             try:
-                if not note.note_id:
-                    raise InvalidNote("note_id is empty")
+                if problem := id_problem("note_id", note.note_id):
+                    raise InvalidNote(problem)
                 sentences = note_sentences(note)
             except InvalidNote as exc:
                 results[i] = InvalidInput(f"seed note: {exc}")
@@ -430,16 +430,32 @@ class InjectorService(Service):
         update. In that order: a restarted injector replaying the topic opens its admission window only
         once the newest policy is loaded, so it never writes a burst of groups with a stale policy."""
         results: list = [[] for _ in updates]
-        newest = max(range(len(updates)), key=lambda i: updates[i].version, default=None)
+        # signed by the learner (the worker refused every other message on this topic) or not
+        auth = bus_auth(self.bus)
+        trusted = auth is not None and auth.enforced(self.topic(POLICY_UPDATES))
+        accepted, horizon = [], self.policy.learner_version
+        for i, update in enumerate(updates):  # forged or out-of-sequence updates: refused, never accounted
+            reason = self.policy.refusal(update, trusted, horizon)
+            if reason:
+                metrics.POLICY_UPDATES_REFUSED.labels("forged" if "jump" in reason else "invalid").inc()
+                log.error("policy update refused; keeping the current version",
+                          extra={"version": update.version, "error": reason})
+                results[i] = InvalidInput(f"policy update v{update.version} refused: {reason}")
+                continue
+            accepted.append(i)
+            horizon = max(horizon, update.version)
+        newest = max(accepted, key=lambda i: updates[i].version, default=None)
         if newest is not None:
             try:
-                self.policy.update(updates[newest])
+                self.policy.update(updates[newest], trusted)
             except PolicyUpdateError as exc:
+                reason = "checkpoint_sha256" if "sha256" in str(exc) else "not_loaded"
+                metrics.POLICY_UPDATES_REFUSED.labels(reason).inc()
                 log.error("policy update not loaded; keeping the current version",
                           extra={"version": updates[newest].version, "error": str(exc)[:300]})
                 results[newest] = InvalidInput(f"policy update v{updates[newest].version} not loaded: {exc}")
-        for update in updates:
-            self.policy.account(update)
+        for i in accepted:
+            self.policy.account(updates[i], trusted)
         return results
 
     # --- runtime hooks --------------------------------------------------------------------------
