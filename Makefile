@@ -51,6 +51,22 @@ protos: venv  ## regenerate the committed Python stubs from protos/
 kafka: venv  ## run a local Kafka broker until Ctrl-C
 	$(PY) -m medserl_cli.kafka_local start
 
+# the distributed pipeline on this machine: a local broker on 127.0.0.1:9092 and one process per service
+.PHONY: up down status bench-pipeline
+UP_CONFIG ?= configs/up/cpu.yaml
+
+up: venv  ## start the pipeline over Kafka, each service its own process (UP_CONFIG=configs/up/cpu.yaml)
+	$(VENV)/bin/medserl up --config $(UP_CONFIG)
+
+down: venv  ## stop what `make up` started, the broker included
+	$(VENV)/bin/medserl down
+
+status: venv  ## health, policy version, lag, rollouts/s and last error of what `make up` started
+	$(VENV)/bin/medserl status
+
+bench-pipeline: venv  ## the distributed pipeline vs raw kafka-python, latency and the fault run
+	$(PY) bench/bench_pipeline_kafka.py
+
 bench: venv  ## run every benchmark in bench/
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

@@ -244,6 +244,7 @@ class Progress:
             consumer.close()
 
     def wait_for(self, groups: int, timeout_s: float) -> bool:
+        """Until the learner says it consumed ``groups`` (used to land faults mid-traffic)."""
         deadline = time.monotonic() + timeout_s
         while self.consumed < groups and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -360,8 +361,13 @@ def run_pipeline(broker, bootstrap: str, args, *, admission: bool, groups: int, 
     fault_rows: list[dict] = []
     if faults:
         fault_rows = inject_faults(children, broker, bus, progress, suffix, groups)
-    finished = progress.wait_for(groups, args.timeout)
+    finished = wait_scored(bus, f"{ROLLOUTS_SCORED}{suffix}", groups, started + args.timeout)
     elapsed = time.monotonic() - started
+    # the learner trains whole steps: what is left (< one step) waits for more input, neither lost nor trained
+    deadline = time.monotonic() + 30
+    while progress.consumed < groups - args.rollouts_per_update // args.group_size and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2 * 0.5)  # two accounting intervals: the learner's last disposals are published
     for child in children.values():
         child.sample_memory()
     progress.close()
@@ -373,14 +379,30 @@ def run_pipeline(broker, bootstrap: str, args, *, admission: bool, groups: int, 
     latency = [(r.timestamp_ms - g.created_unix_ms) / 1000 for r, g in zip(scored_records, scored, strict=True)]
     bus.close()
     result = {"groups": groups, "finished": finished, "seconds": elapsed,
-              "rollouts_per_s": progress.consumed * args.group_size / elapsed,
-              "groups_per_s": progress.consumed / elapsed, "p50": percentile(latency, 0.5),
+              "rollouts_per_s": groups * args.group_size / elapsed, "learner_groups": progress.consumed,
+              "groups_per_s": groups / elapsed, "p50": percentile(latency, 0.5),
               "p95": percentile(latency, 0.95), "faults": fault_rows,
               "memory_mb": {role: c.peak_kb / 1024 for role, c in children.items()},
               "cpu_s": {role: c.cpu_seconds() for role, c in children.items()},
               "size": len(generated[0].SerializeToString()) if generated else 0}
     result["ledger"] = ledger(notes, generated, scored, run_dir / "rl", args)
     return result
+
+
+def wait_scored(bus, topic: str, groups: int, deadline: float) -> bool:
+    """Until ``groups`` distinct groups are on rollouts.scored: every seed went through every service."""
+    from medserl.v1 import messages_pb2 as pb
+
+    while time.monotonic() < deadline:
+        try:
+            if sum(bus.end_offsets(topic)) >= groups:
+                distinct = {pb.RolloutGroup.FromString(r.value).group_id for r in read_all(bus, topic)}
+                if len(distinct) >= groups:
+                    return True
+        except Exception:  # noqa: BLE001 - the broker restarting
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def inject_faults(children: dict, broker, bus, progress: Progress, suffix: str, groups: int) -> list[dict]:
@@ -444,10 +466,14 @@ def ledger(notes: list, generated: list, scored: list, rl_dir: Path, args) -> di
     for g in generated:
         group_ids_per_seed.setdefault(g.seed_note_id, set()).add(g.group_id)
     disposed = set(state.get("consumed_group_ids", []))
+    scored_ids = {g.group_id for g in scored}
     seeds = [n.note_id for n in notes]
-    lost = sum(1 for s in seeds if not group_ids_per_seed.get(s, set()) & disposed)
+    lost = sum(1 for s in seeds if not group_ids_per_seed.get(s, set()) & (scored_ids | disposed))
+    waiting = sum(1 for s in seeds if group_ids_per_seed.get(s, set()) & scored_ids
+                  and not group_ids_per_seed.get(s, set()) & disposed)
     return {"seeds": len(seeds), "trained_groups": len(trained), "trained_twice": sum(c > 1 for c in trained.values()),
-            "lost": lost, "second_group_for_a_seed": sum(len(ids) > 1 for ids in group_ids_per_seed.values()),
+            "lost": lost, "waiting_for_a_step": waiting,
+            "second_group_for_a_seed": sum(len(ids) > 1 for ids in group_ids_per_seed.values()),
             "dup_generated": len(generated) - len({g.group_id for g in generated}),
             "dup_scored": len(scored) - len({g.group_id for g in scored}),
             "split": split, "stale_beyond_bound": stale, "fates": state.get("fates", {})}
@@ -473,9 +499,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.role:
         return serve_role(args)
-    for value in (args.groups, args.fault_groups):
-        if value * args.group_size % args.rollouts_per_update:
-            parser.error("groups x group size must be a multiple of --rollouts-per-update (whole learner steps)")
 
     from medserl_cli.kafka_local import LocalKafka
 
@@ -519,13 +542,13 @@ def report(args, raw: dict, off: dict, on: dict, fault: dict | None) -> None:
     print(f"\ndistributed pipeline over Kafka: 4 service processes + broker on {cores} CPU cores, instant stand-in "
           f"models; a group = {args.group_size} rollouts, {off['size']} bytes on rollouts.generated; "
           f"{args.max_batch} messages per poll; learner step = {args.rollouts_per_update} rollouts")
-    print(f"{'run':<34} {'groups':>7} {'seconds':>8} {'rollouts/s':>11} {'msgs/s':>9} {'x raw':>6} "
+    print(f"{'run':<42} {'groups':>7} {'seconds':>8} {'rollouts/s':>11} {'msgs/s':>9} {'x raw':>6} "
           f"{'p50 s':>6} {'p95 s':>6}")
-    print(f"{'raw kafka-python (produce+consume)':<34} {args.raw_messages:>7} {raw['seconds']:8.1f} {'-':>11} "
+    print(f"{'raw kafka-python (produce+consume)':<42} {args.raw_messages:>7} {raw['seconds']:8.1f} {'-':>11} "
           f"{raw['msgs_per_s']:9.0f} {1.0:6.2f} {'-':>6} {'-':>6}")
     for name, r in (("pipeline, admission off", off), ("pipeline, admission on (instant learner)", on)):
         msgs = r["groups_per_s"] * 4  # seed, generated, verified, scored: each produced once and consumed once
-        print(f"{name:<34} {r['groups']:>7} {r['seconds']:8.1f} {r['rollouts_per_s']:11.0f} {msgs:9.0f} "
+        print(f"{name:<42} {r['groups']:>7} {r['seconds']:8.1f} {r['rollouts_per_s']:11.0f} {msgs:9.0f} "
               f"{msgs / raw['msgs_per_s']:6.2f} {r['p50']:6.2f} {r['p95']:6.2f}"
               + ("" if r["finished"] else "  (timed out)"))
     print(f"(raw produce alone: {raw['produce_per_s']:.0f} msgs/s; msgs/s of the pipeline = 4 hops per group; "
@@ -540,7 +563,8 @@ def report(args, raw: dict, off: dict, on: dict, fault: dict | None) -> None:
     for row in fault["faults"]:
         print(f"{row['fault']:<24} {row['at_s']:6.1f} {row['recovery_s']:11.1f}")
     led = fault["ledger"]
-    print(f"ledger: {led['seeds']} seeds, {led['trained_groups']} groups trained; lost {led['lost']}, trained twice "
+    print(f"ledger: {led['seeds']} seeds, {led['trained_groups']} groups trained, {led['waiting_for_a_step']} in the "
+          f"learner's part-filled batch; lost {led['lost']}, trained twice "
           f"{led['trained_twice']}, second group for a seed {led['second_group_for_a_seed']}, groups split "
           f"{led['split']}, trained beyond max_staleness {led['stale_beyond_bound']}, duplicates on topic: "
           f"generated {led['dup_generated']}, scored {led['dup_scored']}; learner fates {led['fates']}")

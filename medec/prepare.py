@@ -293,18 +293,12 @@ def pair_from_raw(d: dict, file: Path, line: int) -> PairRecord:
 
 def load_pairs_jsonl(path: str | Path) -> list[PairRecord]:
     """PairRecords from a prepared file (``pairs.jsonl``, split files) or a raw pair JSONL."""
+    from services.common.fileio import JsonlError, read_jsonl
+
     path = Path(path)
     records: list[PairRecord] = []
-    with path.open(encoding="utf-8") as fh:
-        for line_number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MedecFormatError(path, line_number, "<json>", f"invalid JSON: {exc.msg}") from None
-            if not isinstance(d, dict):
-                raise MedecFormatError(path, line_number, "<json>", "expected an object")
+    try:
+        for line_number, d in read_jsonl(path):
             if "incorrect_sentences" in d:
                 try:
                     records.append(PairRecord.from_dict(d))
@@ -312,6 +306,8 @@ def load_pairs_jsonl(path: str | Path) -> list[PairRecord]:
                     raise MedecFormatError(path, line_number, str(exc).strip("'"), "bad prepared record") from None
             else:
                 records.append(pair_from_raw(d, path, line_number))
+    except JsonlError as exc:
+        raise MedecFormatError(path, exc.line, "<json>", exc.reason) from None
     return records
 
 

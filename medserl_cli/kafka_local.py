@@ -170,7 +170,9 @@ class LocalKafka:
             self.libs = resolve_jars(self.version)
         props = self._properties()
         if not (self.workdir / "data" / "meta.properties").exists():
-            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cid = "-"
+            while cid.startswith("-"):  # the storage tool would read a leading "-" as an option
+                cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props)),
                                  capture_output=True, text=True, timeout=120)
             if fmt.returncode != 0:

@@ -143,21 +143,19 @@ def load_sft_records(path: str | os.PathLike, limit: int | None = None) -> list[
     file = Path(path)
     if not file.is_file():
         raise SFTError(f"training data not found: {file}")
+    from services.common.fileio import JsonlError, read_jsonl
+
     records: list[dict] = []
-    with file.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SFTError(f"{file}:{line_no}: not valid JSON ({exc.msg})") from exc
+    try:
+        for line_no, record in read_jsonl(file):
             problem = record_problem(record)
             if problem:
                 raise SFTError(f"{file}:{line_no}: {problem}")
             records.append(record)
             if limit is not None and len(records) >= limit:
                 break
+    except JsonlError as exc:
+        raise SFTError(str(exc)) from None
     if not records:
         raise SFTError(f"no SFT records in {file}")
     return records

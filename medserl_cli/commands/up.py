@@ -157,14 +157,19 @@ def _build(config: dict[str, Any]) -> None:
 
 def _start_broker(port: int, state_dir: Path) -> dict[str, Any]:
     from medserl_cli.cli import CliError
-    from medserl_cli.kafka_local import BrokerError, DockerKafka, LocalKafka, port_in_use_error, port_open
+    from medserl_cli.kafka_local import (
+        BrokerError,
+        DockerKafka,
+        LocalKafka,
+        port_in_use_error,
+        port_open,
+        start_broker,
+    )
 
     if port and port_open(port):
         raise CliError(str(port_in_use_error(port)))
     workdir = state_dir / "kafka"
     try:
-        from medserl_cli.kafka_local import start_broker
-
         broker = start_broker(port=port, workdir=workdir)
     except BrokerError as exc:
         raise CliError(f"could not start a Kafka broker: {exc}") from None
@@ -185,7 +190,9 @@ def _spawn(name: str, settings: dict[str, Any], bootstrap: str, state_dir: Path)
     log_file = state_dir / "logs" / f"{name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "medserl_cli", "serve", name, "--config", str(config_file)],
+        # the bus as flags: they beat MEDSERL_* variables, so every service joins the broker `up` chose
+        proc = subprocess.Popen([sys.executable, "-m", "medserl_cli", "serve", name, "--config", str(config_file),
+                                 "--bus", "kafka", "--kafka-bootstrap", bootstrap],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     return {"pid": proc.pid, "log": str(log_file), "config": str(config_file),
@@ -395,6 +402,11 @@ def stop_all(state: dict[str, Any], timeout_s: float, quiet: bool = False) -> in
     broker = state.get("broker")
     if broker and broker.get("kind") == "java":
         outcome = _terminate(broker["pid"], BROKER_MARKER, max(30.0, timeout_s / 2), group=True)
+        from medserl_cli.kafka_local import port_open
+
+        deadline = time.monotonic() + 15
+        while port_open(int(broker["port"])) and time.monotonic() < deadline:  # gone means the port is free again
+            time.sleep(0.1)
         if not quiet:
             print(f"kafka: {outcome}", flush=True)
     elif broker and broker.get("kind") == "docker":

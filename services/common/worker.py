@@ -253,6 +253,10 @@ class StreamWorker:
         self.deliveries = DeliveryTracker()
         self.auth = bus_auth(bus)
         self.reject_unknown_fields = True
+        # positions already dead-lettered and flushed: a redelivery after a failed commit (a rebalance)
+        # does not write a second dead letter for the same message
+        self.dead_lettered = SeenIds(10_000)
+        self._unflushed_letters: list[str] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self, stop: threading.Event) -> threading.Thread:
@@ -339,6 +343,9 @@ class StreamWorker:
             for mid in self._unflushed_ids:  # acknowledged: a redelivery of these may now be skipped
                 self.seen.add(mid)
             self._unflushed_ids = []
+            for position in self._unflushed_letters:
+                self.dead_lettered.add(position)
+            self._unflushed_letters = []
             consumer.commit(records)
             self.deliveries.done(records)
         except (BusError, _Interrupted) as exc:
@@ -346,14 +353,14 @@ class StreamWorker:
             # outputs not acknowledged, the group moved, or a stop came during a pause: drop the
             # consumer so the uncommitted records come back (to us or to another member); nothing is lost
             log.warning("batch not committed, will be redelivered", extra={"error": str(exc), "records": len(records)})
-            self._unflushed_ids = []
+            self._unflushed_ids, self._unflushed_letters = [], []
             self._drop_consumer()
             return 0
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any one message (issue 12)
             # counted, not undone: redelivered one at a time, and dead-lettered as poison if it recurs
             log.error("batch failed outside the handler; it will be redelivered", extra={
                 "error_class": type(exc).__name__, "records": len(records), "topic": records[0].topic})
-            self._unflushed_ids = []
+            self._unflushed_ids, self._unflushed_letters = [], []
             self._drop_consumer()
             self._stop.wait(self.poll_timeout_s)
             return 0
@@ -497,6 +504,10 @@ class StreamWorker:
         return True
 
     def _dead_letter(self, record: Record, reason: str, error_class: str, attempts: int = 1) -> None:
+        position = DeliveryTracker._key(record)
+        if position in self.dead_lettered:
+            return  # its dead letter is already acknowledged (this is a redelivery after a failed commit)
+        self._unflushed_letters.append(position)
         room = self.max_message_bytes - _FRAME_BYTES - 2 * DEAD_LETTER_KEY_BYTES - 4096  # reason, ids, framing
         letter = dead_letter(record, self.service, reason, error_class, attempts,
                              max(0, min(self.dead_letter_payload_bytes, room)))
