@@ -27,7 +27,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise JsonlError(path, line_no, f"invalid JSON ({exc.msg})") from None
+                raise JsonlError(path, line_no, f"not valid JSON ({exc.msg})") from None
             if not isinstance(value, dict):
                 raise JsonlError(path, line_no, "expected a JSON object")
             yield line_no, value
