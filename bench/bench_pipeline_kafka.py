@@ -356,6 +356,8 @@ def run_pipeline(broker, bootstrap: str, args, *, admission: bool, groups: int, 
         child.start()
     progress = Progress(bus, f"{POLICY_UPDATES}{suffix}")
     notes = seed_notes(groups)
+    broker_cpu = process_cpu(getattr(broker, "pid", None))
+    own_cpu = time.process_time()
     started = time.monotonic()
     publish_seeds(bus, f"{NOTES_SEED}{suffix}", notes)
     fault_rows: list[dict] = []
@@ -363,6 +365,8 @@ def run_pipeline(broker, bootstrap: str, args, *, admission: bool, groups: int, 
         fault_rows = inject_faults(children, broker, bus, progress, suffix, groups)
     finished = wait_scored(bus, f"{ROLLOUTS_SCORED}{suffix}", groups, started + args.timeout)
     elapsed = time.monotonic() - started
+    broker_cpu = process_cpu(getattr(broker, "pid", None)) - broker_cpu
+    own_cpu = time.process_time() - own_cpu
     # the learner trains whole steps: what is left (< one step) waits for more input, neither lost nor trained
     deadline = time.monotonic() + 30
     while progress.consumed < groups - args.rollouts_per_update // args.group_size and time.monotonic() < deadline:
@@ -383,7 +387,8 @@ def run_pipeline(broker, bootstrap: str, args, *, admission: bool, groups: int, 
               "groups_per_s": groups / elapsed, "p50": percentile(latency, 0.5),
               "p95": percentile(latency, 0.95), "faults": fault_rows,
               "memory_mb": {role: c.peak_kb / 1024 for role, c in children.items()},
-              "cpu_s": {role: c.cpu_seconds() for role, c in children.items()},
+              "cpu_s": {**{role: c.cpu_seconds() for role, c in children.items()}, "broker": broker_cpu,
+                        "harness": own_cpu},
               "size": len(generated[0].SerializeToString()) if generated else 0}
     result["ledger"] = ledger(notes, generated, scored, run_dir / "rl", args)
     return result
@@ -492,7 +497,7 @@ def main() -> int:
     parser.add_argument("--fault-groups", type=int, default=300, help="seed notes in the fault run")
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--rollouts-per-update", type=int, default=128)
-    parser.add_argument("--max-batch", type=int, default=64, help="messages per poll in every service")
+    parser.add_argument("--max-batch", type=int, default=256, help="messages per poll in every service")
     parser.add_argument("--raw-messages", type=int, default=20000)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--no-faults", action="store_true")
@@ -521,6 +526,17 @@ def main() -> int:
             broker.cleanup()
     report(args, raw, off, on, fault)
     return 0
+
+
+def process_cpu(pid: int | None) -> float:
+    """User+system seconds of a process (0 when unknown: an external broker)."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def crc32c_in_c() -> bool:

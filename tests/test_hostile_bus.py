@@ -258,16 +258,19 @@ def test_token_ids_outside_the_vocabulary_and_absurd_rewards_never_reach_a_step(
         "at-vocab": scored_group("at-vocab", completion=(10, VOCAB, 12)),
         "huge-reward": scored_group("huge-reward", reward=1e30),
         "nan-reward": scored_group("nan-reward", reward=math.nan),
-        "long-id": scored_group("x" * 300_000),
+        "long-id": scored_group("x" * 1000),
+        "oversized": scored_group("y" * 600_000),  # 2.4 MB: over max_message_bytes, never decoded
     }
     hostile["positive-logprob"] = scored_group("positive-logprob")
     hostile["positive-logprob"].rollouts[0].behaviour_logprobs[0] = 3.0
     for key, group in hostile.items():
         producer.publish(ROLLOUTS_SCORED, group.SerializeToString(), key=key[:50])
+    big_key = scored_group("big-key", completion=(10, VOCAB + 1, 12))
+    producer.publish(ROLLOUTS_SCORED, big_key.SerializeToString(), key="k" * 300_000)  # the dead letter's key is cut
     for gid in ("ok-1", "ok-2"):
         producer.publish(ROLLOUTS_SCORED, scored_group(gid).SerializeToString(), key=gid)
     consumer = bus.consumer([ROLLOUTS_SCORED, DEAD_LETTER], loop.group_id)
-    for _ in range(12):
+    for _ in range(40):  # max_batch=1, and the loop also reads the dead letters it writes
         loop.poll_once(consumer)
     letters = {d.key.decode(): d for d in letters_from(bus, "trainer", "dl")}
     assert loop.error is None
@@ -275,10 +278,12 @@ def test_token_ids_outside_the_vocabulary_and_absurd_rewards_never_reach_a_step(
         assert letters[key].error_class == "InvalidInput" and "outside the vocabulary" in letters[key].reason
     assert "beyond" in letters["huge-reward"].reason and "positive" in letters["positive-logprob"].reason
     assert letters["nan-reward"].error_class == "NonFinite", "non-finite values are the learner's quarantine"
-    assert "characters (limit" in letters["x" * 50].reason
+    assert "characters (limit" in letters["long-id"].reason
+    assert letters["oversized"].error_class == "TooLarge" and letters["oversized"].ByteSize() < LIMIT
+    assert "outside the vocabulary" in letters["k" * 512].reason
     assert holder[0].trained_group_ids == ["ok-1", "ok-2"]
     assert all(math.isfinite(float(p.detach().sum())) for p in holder[0].policy.parameters())
-    assert all(len(gid) <= 256 for gid in loop._remembered), "a 300 KB id is never remembered"
+    assert all(len(gid) <= 256 for gid in loop._remembered), "an over-long id is never remembered"
 
 
 # --------------------------------------------------------------------------------------------

@@ -325,8 +325,8 @@ class LearnerLoop:
         self._dispose(key, rollouts, "lost")
 
     def _reject(self, record: Record, reason: str, error_class: str) -> None:
-        letter = dead_letter(record, "trainer", reason, error_class)
-        self.producer.publish(self.topic(DEAD_LETTER), letter.SerializeToString(), key=record.key)
+        letter = dead_letter(record, "trainer", reason, error_class)  # bounded: payload and key cut
+        self.producer.publish(self.topic(DEAD_LETTER), letter.SerializeToString(), key=letter.key)
         metrics.DEAD_LETTERS.labels("trainer", record.topic, error_class).inc()
 
     def _quarantine(self, groups: list[pb.RolloutGroup], reason: str) -> None:

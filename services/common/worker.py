@@ -40,7 +40,6 @@ class InvalidInput(ValueError):
 # dead letters whose reason the worker itself wrote (never note text): safe to log
 _OWN_REASONS = frozenset({"DecodeError", "WrongType", "TooLarge", "Poison", "Unauthenticated", "OutputTooLarge",
                           "OutputRefused", "InvalidInput"})
-_EXCEPTIONS: dict[str, type] = {"InvalidInput": InvalidInput}
 
 
 class _Interrupted(Exception):
@@ -515,7 +514,7 @@ class StreamWorker:
         metrics.DEAD_LETTERS.labels(self.service, record.topic, error_class).inc()
         # the reason goes to the log only when the worker wrote it (a handler's exception text could
         # quote a note); the dead letter itself always has it
-        ours = error_class in _OWN_REASONS or issubclass(_EXCEPTIONS.get(error_class, Exception), InvalidInput)
+        ours = error_class in _OWN_REASONS
         log.warning("dead-lettered a message", extra={"topic": record.topic, "partition": record.partition,
                                                      "offset": record.offset, "error_class": error_class,
                                                      **({"reason": reason[:300]} if ours else {})})
