@@ -138,7 +138,7 @@ def run_selfplay(config: SelfPlayConfig, seeds: list, out: Path) -> dict:
     try:
         with tqdm(total=config.versions, desc="RL policy versions", unit="version",
                   disable=not config.progress) as bar:
-            while trainer_service.loop.version < target:
+            while (updates[-1]["version"] if updates else start_version) < target:  # seen on the bus
                 if time.monotonic() > deadline:
                     timed_out = True
                     break

@@ -140,6 +140,7 @@ class LearnerLoop:
         self._last_accounting = 0.0
         self._accounting_dirty = False
         self._checkpoint_digest: tuple[int, str] = (-1, "")
+        self._last_group_size = 0  # unknown until the first group: poll one record to learn it
         self._idle_s = 0.0
         self._busy_s = 0.0
         self._window_started = time.monotonic()
@@ -215,7 +216,10 @@ class LearnerLoop:
 
     def poll_once(self, consumer: Consumer) -> StepStats | None:
         waited = time.monotonic()
-        records = consumer.poll(self.settings.poll_timeout_s, self.settings.max_batch)
+        # poll no more groups than the batch still needs: a step trains at most one group past its size
+        group_size = self._buffer[-1].size if self._buffer else self._last_group_size
+        wanted = -(-(self.config.rollouts_per_update - self.buffered_rollouts) // group_size) if group_size else 1
+        records = consumer.poll(self.settings.poll_timeout_s, max(1, min(self.settings.max_batch, wanted)))
         self._idle_s += time.monotonic() - waited
         busy = time.monotonic()
         for record in records:
@@ -286,6 +290,7 @@ class LearnerLoop:
         if staleness > self.config.max_staleness:
             self._dispose(group.group_id, len(group.rollouts), "stale")
             return
+        self._last_group_size = len(group.rollouts)
         try:
             self._buffer.append(self.learner.prepare(group))
         except NonFiniteError as exc:
