@@ -243,13 +243,6 @@ class Progress:
         if consumer is not None:
             consumer.close()
 
-    def wait_for(self, groups: int, timeout_s: float) -> bool:
-        """Until the learner says it consumed ``groups`` (used to land faults mid-traffic)."""
-        deadline = time.monotonic() + timeout_s
-        while self.consumed < groups and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.consumed >= groups
-
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
@@ -331,7 +324,10 @@ def raw_kafka(bootstrap: str, size: int, count: int) -> dict:
     return {"msgs_per_s": count / elapsed, "produce_per_s": count / produced, "seconds": elapsed}
 
 
-def run_pipeline(broker, bootstrap: str, args, *, admission: bool, groups: int, faults: bool, workdir: Path) -> dict:
+def run_pipeline(broker, bootstrap: str, args, *, admission: bool, groups: int, faults: bool, workdir: Path,
+                 rollouts_per_update: int) -> dict:
+    """One run on fresh topics. Throughput runs publish every seed at once; the fault run feeds them
+    steadily (``--fault-seconds``) so every fault lands in the middle of traffic."""
     from medserl.v1 import messages_pb2 as pb
     from services.common.kafka_bus import KafkaBus
     from services.common.topics import (
@@ -348,8 +344,8 @@ def run_pipeline(broker, bootstrap: str, args, *, admission: bool, groups: int, 
     bus = KafkaBus(bootstrap, client_id="bench")
     bus.ensure_topics([f"{t}{suffix}" for t in ALL_TOPICS])
     argv = ["--bootstrap", bootstrap, "--suffix", suffix, "--group-size", str(args.group_size),
-            "--rollouts-per-update", str(args.rollouts_per_update), "--max-batch", str(args.max_batch),
-            "--admission-rollouts", str(args.rollouts_per_update if admission else 0),
+            "--rollouts-per-update", str(rollouts_per_update), "--max-batch", str(args.max_batch),
+            "--admission-rollouts", str(rollouts_per_update if admission else 0),
             "--max-staleness", str(1 if admission else 10**6), "--checkpoint-dir", str(run_dir / "rl")]
     children = {role: Child(role, argv, run_dir / "logs") for role in ROLES}
     for child in children.values():
@@ -359,17 +355,22 @@ def run_pipeline(broker, bootstrap: str, args, *, admission: bool, groups: int, 
     broker_cpu = process_cpu(getattr(broker, "pid", None))
     own_cpu = time.process_time()
     started = time.monotonic()
-    publish_seeds(bus, f"{NOTES_SEED}{suffix}", notes)
     fault_rows: list[dict] = []
     if faults:
-        fault_rows = inject_faults(children, broker, bus, progress, suffix, groups)
-    finished = wait_scored(bus, f"{ROLLOUTS_SCORED}{suffix}", groups, started + args.timeout)
+        feeder = threading.Thread(target=feed_seeds, args=(bootstrap, f"{NOTES_SEED}{suffix}", notes,
+                                                           args.fault_seconds), daemon=True)
+        feeder.start()
+        fault_rows = inject_faults(children, broker, bus, progress, suffix)
+        feeder.join()
+    else:
+        publish_seeds(bus, f"{NOTES_SEED}{suffix}", notes)
+    finished = wait_scored(bus, f"{ROLLOUTS_SCORED}{suffix}", groups, time.monotonic() + args.timeout)
     elapsed = time.monotonic() - started
     broker_cpu = process_cpu(getattr(broker, "pid", None)) - broker_cpu
     own_cpu = time.process_time() - own_cpu
     # the learner trains whole steps: what is left (< one step) waits for more input, neither lost nor trained
     deadline = time.monotonic() + 30
-    while progress.consumed < groups - args.rollouts_per_update // args.group_size and time.monotonic() < deadline:
+    while progress.consumed < groups - rollouts_per_update // args.group_size and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(2 * 0.5)  # two accounting intervals: the learner's last disposals are published
     for child in children.values():
@@ -410,20 +411,42 @@ def wait_scored(bus, topic: str, groups: int, deadline: float) -> bool:
     return False
 
 
-def inject_faults(children: dict, broker, bus, progress: Progress, suffix: str, groups: int) -> list[dict]:
-    """Each fault lands mid-traffic (after a slice of the run's progress); recovery = from the end of
-    the fault (restart, SIGCONT) until the learner consumed more groups than before it."""
-    from services.common.topics import ROLLOUTS_GENERATED
+def feed_seeds(bootstrap: str, topic: str, notes: list, seconds: float) -> None:
+    """Publish the seeds evenly over ``seconds`` (each batch flushed: acknowledged before the next)."""
+    from services.common.kafka_bus import KafkaBus
 
+    bus = KafkaBus(bootstrap, client_id="bench-feeder")
+    producer = bus.producer()
+    started = time.monotonic()
+    batch = max(1, len(notes) // max(1, int(seconds * 5)))
+    for i in range(0, len(notes), batch):
+        for note in notes[i:i + batch]:
+            producer.publish(topic, note.SerializeToString(), key=note.note_id)
+        producer.flush()  # through a broker restart the client retries (delivery timeout 120 s): no copies
+        time.sleep(max(0.0, started + seconds * (i + batch) / len(notes) - time.monotonic()))
+    producer.close()
+    bus.close()
+
+
+def _scored(bus, suffix: str) -> int:
+    from services.common.topics import ROLLOUTS_SCORED
+
+    try:
+        return sum(bus.end_offsets(f"{ROLLOUTS_SCORED}{suffix}"))
+    except Exception:  # noqa: BLE001 - still reconnecting
+        return -1
+
+
+def inject_faults(children: dict, broker, bus, progress: Progress, suffix: str) -> list[dict]:
+    """Faults one after another while seeds keep arriving; recovery = from the end of the fault (the
+    restart, SIGCONT) until both the pipeline's output (rollouts.scored) and the learner moved again."""
     plan = [("kill -9 injector", "injector"), ("kill -9 verifier", "verifier"), ("kill -9 assessor", "assessor"),
             ("kill -9 learner", "trainer"), ("broker restart", None), ("SIGSTOP verifier 15 s", "verifier")]
-    step = max(1, groups // (len(plan) + 2))
     rows = []
     started = time.monotonic()
-    for n, (name, role) in enumerate(plan, start=1):
-        progress.wait_for(min(groups - 1, n * step), 600)
+    time.sleep(3.0)  # traffic first
+    for name, role in plan:
         at = time.monotonic() - started
-        before_generated = sum(bus.end_offsets(f"{ROLLOUTS_GENERATED}{suffix}"))
         if name.startswith("kill"):
             children[role].kill9()
             children[role].start()
@@ -435,17 +458,12 @@ def inject_faults(children: dict, broker, bus, progress: Progress, suffix: str, 
             time.sleep(SESSION_TIMEOUT_S + 5)  # past the session timeout: the group moves on without it
             os.kill(pid, signal.SIGCONT)
         ended = time.monotonic()
-        consumed = progress.consumed
+        consumed, scored = progress.consumed, _scored(bus, suffix)
         deadline = ended + 300
-        while time.monotonic() < deadline:
-            try:
-                moved = sum(bus.end_offsets(f"{ROLLOUTS_GENERATED}{suffix}")) > before_generated
-            except Exception:  # noqa: BLE001 - still reconnecting
-                moved = False
-            if (progress.consumed > consumed and moved) or progress.consumed >= groups:
-                break
+        while time.monotonic() < deadline and not (progress.consumed > consumed and _scored(bus, suffix) > scored):
             time.sleep(0.1)
         rows.append({"fault": name, "at_s": at, "recovery_s": time.monotonic() - ended})
+        time.sleep(2.0)  # a little steady traffic between faults
     return rows
 
 
@@ -494,7 +512,10 @@ def main() -> int:
     parser.add_argument("--admission-rollouts", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--max-staleness", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--groups", type=int, default=1000, help="seed notes per throughput run")
-    parser.add_argument("--fault-groups", type=int, default=300, help="seed notes in the fault run")
+    parser.add_argument("--fault-groups", type=int, default=400, help="seed notes in the fault run")
+    parser.add_argument("--fault-seconds", type=float, default=100, help="the fault run feeds its seeds over this long")
+    parser.add_argument("--fault-rollouts-per-update", type=int, default=32,
+                        help="learner step in the fault run (small: the learner's progress shows recovery)")
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--rollouts-per-update", type=int, default=128)
     parser.add_argument("--max-batch", type=int, default=256, help="messages per poll in every service")
@@ -514,13 +535,15 @@ def main() -> int:
         bootstrap = broker.start()
     workdir = Path(tempfile.mkdtemp(prefix="medserl-bench-pipeline-"))
     try:
-        off = run_pipeline(broker, bootstrap, args, admission=False, groups=args.groups, faults=False, workdir=workdir)
+        common = dict(groups=args.groups, faults=False, workdir=workdir, rollouts_per_update=args.rollouts_per_update)
+        off = run_pipeline(broker, bootstrap, args, admission=False, **common)
         raw = raw_kafka(bootstrap, off["size"] or 4000, args.raw_messages)
-        on = run_pipeline(broker, bootstrap, args, admission=True, groups=args.groups, faults=False, workdir=workdir)
+        on = run_pipeline(broker, bootstrap, args, admission=True, **common)
         fault = None
         if not args.no_faults:
             fault = run_pipeline(broker if broker is not None else _NoRestart(), bootstrap, args, admission=True,
-                                 groups=args.fault_groups, faults=True, workdir=workdir)
+                                 groups=args.fault_groups, faults=True, workdir=workdir,
+                                 rollouts_per_update=args.fault_rollouts_per_update)
     finally:
         if broker is not None:
             broker.cleanup()
@@ -573,7 +596,8 @@ def report(args, raw: dict, off: dict, on: dict, fault: dict | None) -> None:
         print(f"CPU seconds per service, {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_s"].items()))
     if fault is None:
         return
-    print(f"\nfault run: {fault['groups']} seeds ({fault['groups'] * args.group_size} rollouts), admission on, "
+    print(f"\nfault run: {fault['groups']} seeds ({fault['groups'] * args.group_size} rollouts) fed over "
+          f"{args.fault_seconds:.0f} s, admission on, learner step {args.fault_rollouts_per_update} rollouts, "
           f"{fault['seconds']:.0f} s" + ("" if fault["finished"] else " (timed out)"))
     print(f"{'fault':<24} {'at s':>6} {'recovery s':>11}")
     for row in fault["faults"]:

@@ -30,24 +30,24 @@ class SelfPlayConfig:
 
     policy: str = ""  # the SFT policy folder (injector, learner and KL reference start here)
     assessor_model: str = ""  # the frozen assessor's model folder (default: the policy's)
-    checkpoint_dir: str = "outputs/rl"
-    bus: str = "memory"  # memory | kafka
-    kafka_bootstrap: str = ""
-    topic_suffix: str = ""
-    versions: int = 16  # new policy versions to train (the learner's max_updates)
-    rollouts_per_update: int = 32
-    group_size: int = 4
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    learning_rate: float = 1e-4  # full weights of the tiny demo model
-    lora: bool = False
-    kl_coef: float = 0.01
-    max_staleness: int = 4
-    seed: int = 0
-    timeout_s: float = 900.0
-    starve_after_s: float = 15.0
+    checkpoint_dir: str = "outputs/rl"  # learner state and versions; a second run resumes from it
+    bus: str = "memory"  # memory (one process) | kafka
+    kafka_bootstrap: str = ""  # host:port of the Kafka cluster with bus=kafka
+    topic_suffix: str = ""  # namespace every topic (experiments sharing a cluster)
+    versions: int = 16  # new policy versions to train (counted from a resume)
+    rollouts_per_update: int = 32  # rollouts per learner step
+    group_size: int = 4  # edits sampled per seed note (the per-note baseline)
+    max_new_tokens: int = 96  # the injector's longest edit
+    temperature: float = 1.0  # the injector's sampling temperature
+    learning_rate: float = 1e-4  # the learner's rate (full weights of the tiny demo; with lora: the LoRA rate)
+    lora: bool = False  # train a LoRA adapter (vLLM hot-loads it) instead of all weights
+    kl_coef: float = 0.01  # beta of the KL penalty to the SFT policy
+    max_staleness: int = 4  # the learner drops groups sampled more versions ago than this
+    seed: int = 0  # seeds sampling and the learner
+    timeout_s: float = 900.0  # stop after this long
+    starve_after_s: float = 15.0  # the learner asks for rollouts after this long without input
     reward: str = "ladder"  # ladder (services/common/reward.py defaults) | flat (-1 for every failure: the ablation)
-    progress: bool = True
+    progress: bool = True  # a progress bar
     trainer_overrides: dict = field(default_factory=dict)
 
 

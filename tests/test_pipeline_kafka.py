@@ -163,8 +163,9 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.kafka
 @pytest.mark.skipif(not Path("/proc").exists(), reason="PR_SET_PDEATHSIG and /proc are Linux")
-def test_kill_9_of_the_broker_wrapper_stops_the_java_broker():
-    wrapper = subprocess.Popen([sys.executable, "-m", "medserl_cli.kafka_local", "start", "--port", "0"], cwd=ROOT,
+def test_kill_9_of_the_broker_wrapper_stops_the_java_broker(tmp_path):
+    wrapper = subprocess.Popen([sys.executable, "-m", "medserl_cli.kafka_local", "start", "--port", "0",
+                                "--data", str(tmp_path / "kafka")], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = wrapper.stdout.readline()

@@ -17,16 +17,15 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The run's flags, generated from SelfPlayConfig, plus the inputs and the rounds."""
     from medserl_cli.selfplay import SelfPlayConfig
+    from services.common.settings import add_dataclass_arguments
 
-    d = SelfPlayConfig()
-    p.add_argument("--policy", required=True, help="the SFT policy folder (injector, learner, KL reference)")
     p.add_argument("--assessor", required=True, metavar="CONFIG_OR_MODEL",
                    help="the frozen assessor: an assessor settings file (YAML/JSON with `model`) or a model folder")
     p.add_argument("--seeds", required=True, help="seed notes: a pairs JSONL (e.g. rl_train.jsonl); correct notes are used")
-    p.add_argument("--checkpoint-dir", default=d.checkpoint_dir, help="learner state and versions (default: %(default)s)")
     p.add_argument("--out", default=None, help="where rl_rollouts.jsonl goes (default: the checkpoint dir)")
-    p.add_argument("--versions", type=int, default=d.versions, help="new policy versions to train (default: %(default)s)")
+    p.add_argument("--max-note-chars", type=int, default=0, help="only seed notes up to this length (0: all)")
     p.add_argument("--rounds", type=int, default=1,
                    help="self-play rounds: after each round's --versions, a fresh assessor is fine-tuned on its "
                         "original data plus the edits that fooled it, frozen, and play goes on (default: 1)")
@@ -35,17 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assessor-epochs", type=float, default=1.0, help="with --rounds > 1: SFT epochs (default: 1)")
     p.add_argument("--eval-reference", default="",
                    help="a MEDEC CSV: report the assessor's MEDIQA-CORR metrics after every round")
-    p.add_argument("--rollouts-per-update", type=int, default=d.rollouts_per_update, help="(default: %(default)s)")
-    p.add_argument("--group-size", type=int, default=d.group_size, help="edits per seed note (default: %(default)s)")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="(default: %(default)s)")
-    p.add_argument("--lora", action="store_true", help="train a LoRA adapter (vLLM hot-loads it) instead of all weights")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(default: %(default)s)")
-    p.add_argument("--max-note-chars", type=int, default=0, help="only seed notes up to this length (0: all)")
-    p.add_argument("--bus", choices=("memory", "kafka"), default="memory", help="(default: %(default)s)")
-    p.add_argument("--kafka-bootstrap", default="", help="host:port of the Kafka cluster with --bus kafka")
-    p.add_argument("--topic-suffix", default="", help="namespace every topic (experiments sharing a cluster)")
-    p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="stop after this long (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    add_dataclass_arguments(p, SelfPlayConfig, exclude=("assessor_model", "progress", "trainer_overrides"),
+                            choices={"bus": ("memory", "kafka"), "reward": ("ladder", "flat")})
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -68,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from medec.prepare import MedecFormatError, load_pairs_jsonl
     from medserl.v1 import messages_pb2 as pb
     from medserl_cli.selfplay import RoundsConfig, SelfPlayConfig, run_rounds
+    from services.common.settings import dataclass_from_args
 
     if args.rounds < 1:
         print("medserl: error: --rounds must be at least 1", file=sys.stderr)
@@ -76,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print("medserl: error: --rounds > 1 needs --assessor-base (the model a fresh assessor starts from) and "
               "--assessor-data (its original SFT records, e.g. sft_combined_safe.jsonl)", file=sys.stderr)
         return 2
-    if not Path(args.policy).is_dir():
-        print(f"medserl: error: --policy {args.policy}: no such model folder (train one with "
+    if not args.policy or not Path(args.policy).is_dir():
+        print(f"medserl: error: --policy {args.policy or '(missing)'}: no such model folder (train one with "
               "`medserl train --phase sft`)", file=sys.stderr)
         return 2
     if args.bus == "kafka" and not args.kafka_bootstrap:
@@ -95,12 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if not seeds:
         print(f"medserl: error: --seeds {args.seeds}: no seed notes (check --max-note-chars)", file=sys.stderr)
         return 2
-    config = SelfPlayConfig(policy=args.policy, assessor_model=_assessor_model(args.assessor),
-                            checkpoint_dir=args.checkpoint_dir, bus=args.bus, kafka_bootstrap=args.kafka_bootstrap,
-                            topic_suffix=args.topic_suffix, versions=args.versions,
-                            rollouts_per_update=args.rollouts_per_update, group_size=args.group_size,
-                            max_new_tokens=args.max_new_tokens, learning_rate=args.learning_rate, lora=args.lora,
-                            seed=args.seed, timeout_s=args.timeout_s, progress=not args.no_progress)
+    config = dataclass_from_args(SelfPlayConfig, args)
+    config.assessor_model = _assessor_model(args.assessor)
+    config.progress = not args.no_progress
     rounds = RoundsConfig(rounds=args.rounds, assessor_base=args.assessor_base, assessor_data=args.assessor_data,
                           sft_epochs=args.assessor_epochs, eval_reference=args.eval_reference)
     outcome = run_rounds(config, rounds, seeds, Path(args.out or args.checkpoint_dir))
