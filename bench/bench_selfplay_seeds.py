@@ -25,6 +25,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--versions", type=int, default=0, help="default: the run's rl_updates")
     parser.add_argument("--out", default="", help="default: <run>/seeds")
+    parser.add_argument("--learning-rate", type=float, default=0.0, help="default: the run's rl_learning_rate")
+    parser.add_argument("--eval-seed-notes", type=int, default=0, help="default: the run's eval_seed_notes")
     parser.add_argument("--reward", choices=("ladder", "flat"), default="ladder",
                         help="flat: -1 for every failure (the reward ablation)")
     args = parser.parse_args()
@@ -37,6 +39,10 @@ def main() -> int:
     config.progress = False
     if args.versions:
         config.rl_updates = args.versions
+    if args.learning_rate:
+        config.rl_learning_rate = args.learning_rate
+    if args.eval_seed_notes:
+        config.eval_seed_notes = args.eval_seed_notes
     sft, data = summary["sft"], summary["data"]
     rows = []
     for seed in args.seeds:
