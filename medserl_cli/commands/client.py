@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from pathlib import Path
 
 DEFAULT_TARGETS = {"assessor": "127.0.0.1:50054", "injector": "127.0.0.1:50053", "trainer": "127.0.0.1:50056"}
@@ -84,22 +83,17 @@ def content_id(text: str) -> str:
 def notes_from_jsonl(path: str) -> list:
     from medserl.v1 import messages_pb2 as pb
     from medserl_cli.cli import CliError
+    from services.common.fileio import JsonlError, read_jsonl
     from services.common.notes import make_note
 
     out = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        rows = list(read_jsonl(path))
     except OSError as exc:
         raise CliError(f"--jsonl {path}: {exc.strerror}") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"--jsonl {path} line {n}: invalid JSON ({exc.msg})") from None
-        if not isinstance(d, dict):
-            raise CliError(f"--jsonl {path} line {n}: expected an object")
+    except JsonlError as exc:
+        raise CliError(f"--jsonl {path} line {exc.line}: {exc.reason}") from None
+    for n, d in rows:
         if "correct_sentences" in d or "incorrect_sentences" in d or "correct_note" in d:
             return _pairs(path)
         sentences = d.get("sentences")
