@@ -120,8 +120,12 @@ def run_selfplay(config: SelfPlayConfig, seeds: list, out: Path) -> dict:
     def feed(count: int) -> None:
         nonlocal fed, next_seed
         for _ in range(count):
-            note = seeds[next_seed % len(seeds)]
+            epoch, index = divmod(next_seed, len(seeds))
             next_seed += 1
+            note = seeds[index]
+            if epoch:  # a seed's group id names its content: a note seen again needs a new id
+                note = pb.Note(note_id=f"{note.note_id}@e{epoch}", text=note.text, sentences=note.sentences,
+                               source=note.source, split=note.split)
             producer.publish(topic(NOTES_SEED), note.SerializeToString(), key=note.note_id)
             fed += 1
         producer.flush()

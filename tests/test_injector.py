@@ -141,12 +141,16 @@ def test_bad_settings_are_refused(tiny_model_dir):
             InjectorService(settings_for(tiny_model_dir, **bad), MemoryBus())
 
 
-def test_group_ids_are_deterministic_per_seed_message(tiny_model_dir, seed_notes):
+def test_group_ids_name_the_seed_not_the_message(tiny_model_dir, seed_notes):
     record = Record(NOTES_SEED, 2, 17, b"k", b"")
-    assert group_id_for("n1", record) == group_id_for("n1", Record(NOTES_SEED, 2, 17, None, b"other bytes"))
-    assert group_id_for("n1", record) != group_id_for("n1", Record(NOTES_SEED, 2, 18, b"k", b""))
-    assert group_id_for("n1", record).startswith("n1~")
-    assert group_id_for("n1", None) != group_id_for("n1", None), "a gRPC call is no redelivery"
+    n1 = pb.Note(note_id="n1", text="0 Fever.\n1 Cough.")
+    assert group_id_for(n1, record) == group_id_for(n1, Record(NOTES_SEED, 0, 900, None, b"other bytes")), \
+        "the same seed submitted twice (any offset) is one group"
+    assert group_id_for(n1, record) != group_id_for(pb.Note(note_id="n1", text="0 Fever.\n1 Rash."), record)
+    assert group_id_for(n1, record) != group_id_for(pb.Note(note_id="n1@e1", text=n1.text), record), \
+        "a new epoch of a note is a new note_id"
+    assert group_id_for(n1, record).startswith("n1~")
+    assert group_id_for(n1, None) != group_id_for(n1, None), "a gRPC call is no redelivery"
 
     bus = MemoryBus()
     service = InjectorService(settings_for(tiny_model_dir, learner_batch_rollouts=0), bus)
@@ -155,8 +159,8 @@ def test_group_ids_are_deterministic_per_seed_message(tiny_model_dir, seed_notes
     again = service._handle_seeds([note], [record])[0][0].message  # the same message, redelivered
     assert first.group_id == again.group_id and [r.rollout_id for r in first.rollouts] == \
         [r.rollout_id for r in again.rollouts]
-    other = service._handle_seeds([note], [Record(NOTES_SEED, 2, 18, None, b"")])[0][0].message
-    assert other.group_id != first.group_id, "the same note submitted again is a new group"
+    resubmitted = service._handle_seeds([note], [Record(NOTES_SEED, 1, 18, None, b"")])[0][0].message
+    assert resubmitted.group_id == first.group_id, "the same seed submitted again is the same group"
     (invalid,) = service._handle_seeds([pb.Note(note_id="")], [record])
     assert "note_id is empty" in str(invalid)
 

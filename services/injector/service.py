@@ -90,12 +90,14 @@ class InjectorSettings(ModelServiceSettings):
     checkpoint_root: str = ""  # when set, policy checkpoints must lie under this folder (e.g. /checkpoints)
 
 
-def group_id_for(note_id: str, record: Record | None) -> str:
-    """Deterministic for a seed message (topic, partition, offset); random for a gRPC call."""
+def group_id_for(note: pb.Note, record: Record | None) -> str:
+    """A seed's group id is a digest of its content (id and sentences), so a redelivered seed and the
+    same seed submitted twice name one group, which the learner trains once. Self-play that wants a
+    note again (a new epoch) gives it a new note_id. A gRPC Inject call is not a seed: random."""
     if record is None:
-        return f"{note_id}~{uuid.uuid4().hex[:12]}"
-    digest = hashlib.sha256(f"{record.topic}:{record.partition}:{record.offset}".encode()).hexdigest()[:12]
-    return f"{note_id}~{digest}"
+        return f"{note.note_id}~{uuid.uuid4().hex[:12]}"
+    content = "\x1f".join([note.note_id, note.text, *(f"{s.id}\x1e{s.text}" for s in note.sentences)])
+    return f"{note.note_id}~{hashlib.sha256(content.encode()).hexdigest()[:12]}"
 
 
 class PolicyUpdateRefused(PolicyUpdateError):
@@ -360,7 +362,7 @@ class InjectorService(Service):
         now_ms = int(time.time() * 1000)
         groups = []
         for note, _, mode, record in items:
-            group = pb.RolloutGroup(group_id=group_id_for(note.note_id, record), seed_note_id=note.note_id,
+            group = pb.RolloutGroup(group_id=group_id_for(note, record), seed_note_id=note.note_id,
                                     mode=mode, policy_version=version, created_unix_ms=now_ms)
             group.seed_note.CopyFrom(note)
             groups.append(group)
