@@ -52,7 +52,7 @@ kafka: venv  ## run a local Kafka broker until Ctrl-C
 	$(PY) -m medserl_cli.kafka_local start
 
 # the distributed pipeline on this machine: a local broker on 127.0.0.1:9092 and one process per service
-.PHONY: up down status bench-pipeline
+.PHONY: up down status bench-pipeline reliability
 UP_CONFIG ?= configs/up/cpu.yaml
 
 up: venv  ## start the pipeline over Kafka, each service its own process (UP_CONFIG=configs/up/cpu.yaml)
@@ -63,6 +63,9 @@ down: venv  ## stop what `make up` started, the broker included
 
 status: venv  ## health, policy version, lag, rollouts/s and last error of what `make up` started
 	$(VENV)/bin/medserl status
+
+reliability: venv  ## the chaos suite and fuzzing (tests/reliability/; also part of `make test`), fault table printed
+	$(PY) scripts/run_tests.py -s tests/reliability $(PYTEST_ARGS)
 
 bench-pipeline: venv  ## the distributed pipeline vs raw kafka-python, latency and the fault run
 	$(PY) bench/bench_pipeline_kafka.py

@@ -207,3 +207,48 @@ def test_producer_survives_a_broker_restart_without_losing_acknowledged_messages
     values = [r.value for r in records]
     assert set(acknowledged) <= set(values), "an acknowledged message was lost"
     assert len(values) == len(set(values)), "idempotent producer must not duplicate on retry"
+
+
+@pytest.mark.kafka
+def test_static_members_keep_their_names_across_a_restart(kafka_broker, unique: str):
+    """``kafka_group_instance_id``: each consumer of a group gets a stable name (the n-th live consumer
+    of the process: name, name-1, ...), so a restarted replica rejoins as the same member (KIP-345)
+    and takes its partitions back without a rebalance; what it had not committed comes again."""
+    from kafka.admin import KafkaAdminClient
+
+    from services.common.kafka_bus import KafkaBus
+
+    topic, group = f"static-{unique}", f"g-{unique}"
+    bus = KafkaBus(kafka_broker.bootstrap, session_timeout_ms=6000, group_instance_id="verifier-0")
+    bus.ensure_topics([topic], partitions=2)
+    producer = bus.producer()
+    for i in range(10):
+        producer.publish(topic, f"m{i}".encode(), key=f"k{i}")
+    producer.flush()
+    first = bus.consumer([topic], group)
+    assert len(drain(first, 10, commit=False)) == 10
+    second = bus.consumer([topic], group)  # a second member in the same process gets a name of its own
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    deadline = time.monotonic() + 60
+    names: set = set()
+    while time.monotonic() < deadline and names != {"verifier-0", "verifier-0-1"}:
+        first.poll(0.2, 1)
+        second.poll(0.2, 1)
+        names = member_names(admin, group)
+    assert names == {"verifier-0", "verifier-0-1"}
+    first.close()
+    second.close()
+
+    restarted = KafkaBus(kafka_broker.bootstrap, session_timeout_ms=6000, group_instance_id="verifier-0")
+    again = restarted.consumer([topic], group)  # slot 0 is free again: the same member as ``first``
+    got = drain(again, 10)
+    assert member_names(admin, group) <= {"verifier-0", "verifier-0-1"}, "no new member: the same one rejoined"
+    assert sorted(r.value for r in got) == sorted(f"m{i}".encode() for i in range(10)), "uncommitted: redelivered"
+    again.close()
+    admin.close()
+    for b in (bus, restarted):
+        b.close()
+
+
+def member_names(admin, group: str) -> set:
+    return {m.get("group_instance_id") for m in admin.describe_groups([group])[group].get("members", [])}

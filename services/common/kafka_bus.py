@@ -101,6 +101,7 @@ class KafkaBus(Bus):
         compression_type: str | None = None,
         security: dict | None = None,
         max_message_bytes: int | None = None,
+        group_instance_id: str = "",
     ):
         if not bootstrap_servers:
             raise BusError("--bus kafka needs a broker address: pass --kafka-bootstrap HOST:PORT (or set "
@@ -123,6 +124,8 @@ class KafkaBus(Bus):
         # the largest message a producer sends: kafka-python raises on a larger one, so the stream
         # worker checks outputs against it first and dead-letters instead of dying
         self.max_message_bytes = int(max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES)
+        self.group_instance_id = group_instance_id  # static membership: see ServiceSettings
+        self._instances: dict[str, set[int]] = {}  # live consumers per group: each member needs its own name
         self._offsets_client = None  # a group-less consumer for end offsets, made on first use
         self._offsets_lock = threading.Lock()
 
@@ -299,23 +302,43 @@ class _KafkaProducer(Producer):
         self._producer.close(timeout=10)
 
 
+def _static_membership(bus: KafkaBus, group_id: str) -> tuple[int | None, dict]:
+    """``group_instance_id`` for a new consumer of ``group_id``: the bus's name, numbered by the lowest
+    slot free in this process, so a consumer made again (after a restart or a reconnect) is the same
+    member. Returns (slot, consumer options)."""
+    if not bus.group_instance_id:
+        return None, {}
+    with bus._offsets_lock:
+        taken = bus._instances.setdefault(group_id, set())
+        slot = next(i for i in range(len(taken) + 1) if i not in taken)
+        taken.add(slot)
+    return slot, {"group_instance_id": f"{bus.group_instance_id}-{slot}" if slot else bus.group_instance_id}
+
+
 class _KafkaConsumer(Consumer):
     def __init__(self, bus: KafkaBus, topics: Sequence[str], group_id: str, client_id: str):
         from kafka import KafkaConsumer
 
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bus.bootstrap_servers,
-            group_id=group_id,
-            client_id=client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=bus._session_timeout_ms,
-            heartbeat_interval_ms=max(1000, bus._session_timeout_ms // 4),
-            max_poll_interval_ms=bus._max_poll_interval_ms,
-            request_timeout_ms=max(bus._request_timeout_ms, bus._session_timeout_ms + 5000),
-            reconnect_backoff_max_ms=1000,
-            **bus.security,
-        )
+        self._bus, self._group_id = bus, group_id
+        self._slot, static = _static_membership(bus, group_id)
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=bus.bootstrap_servers,
+                group_id=group_id,
+                client_id=client_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=bus._session_timeout_ms,
+                heartbeat_interval_ms=max(1000, bus._session_timeout_ms // 4),
+                max_poll_interval_ms=bus._max_poll_interval_ms,
+                request_timeout_ms=max(bus._request_timeout_ms, bus._session_timeout_ms + 5000),
+                reconnect_backoff_max_ms=1000,
+                **static,
+                **bus.security,
+            )
+        except BaseException:
+            self._release()
+            raise
         self._consumer.subscribe(list(topics))
         # fetch the topics' metadata before the group join (first poll): a leader that assigns without it
         # gives the topic no partitions until the next periodic refresh (metadata_max_age_ms, 5 minutes)
@@ -364,4 +387,13 @@ class _KafkaConsumer(Consumer):
 
     def close(self):
         # autocommit is off, so closing never commits what was not processed
-        self._consumer.close(autocommit=False)
+        try:
+            self._consumer.close(autocommit=False)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._slot is not None:
+            with self._bus._offsets_lock:
+                self._bus._instances.get(self._group_id, set()).discard(self._slot)
+            self._slot = None

@@ -66,6 +66,8 @@ def make_bus(settings: ServiceSettings) -> Bus:
 
         return KafkaBus(settings.kafka_bootstrap, client_id="medserl",
                         replication_factor=settings.kafka_replication_factor,
+                        session_timeout_ms=settings.kafka_session_timeout_ms,
+                        group_instance_id=settings.kafka_group_instance_id,
                         security=kafka_security(settings), max_message_bytes=settings.max_message_bytes)
     raise ValueError(f"unknown bus {settings.bus!r}: use 'memory' or 'kafka'")
 

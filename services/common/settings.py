@@ -57,6 +57,11 @@ class ServiceSettings:
     max_attempts: int = 3  # tries before a message goes to the dead-letter topic
     retry_for_s: float = 120.0  # a transient failure (a model server restarting) pauses and retries this long first
     kafka_replication_factor: int = 0  # replicas of the topics a service creates; 0: min(3, brokers)
+    # static group membership (KIP-345): a name stable across restarts (a StatefulSet pod's name) lets
+    # a restarted replica take its partitions back at once instead of after the session timeout; a
+    # replica stopped for good then holds them until the timeout. "" = dynamic membership
+    kafka_group_instance_id: str = ""
+    kafka_session_timeout_ms: int = 10_000  # a consumer silent this long leaves its group (>= broker's min, 6 s)
     shutdown_grace_s: float = 20.0  # seconds SIGTERM waits for the batch in hand before giving up
     grpc_workers: int = 8  # gRPC server threads
     # --- access control and limits (issue 12); secrets come from files or the environment, never flags
