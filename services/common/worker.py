@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError, Message
 
 from medserl.v1 import messages_pb2 as pb
@@ -130,15 +129,12 @@ def dead_letter(record: Record, service: str, reason: str, error_class: str, att
 
 def has_unknown_fields(message: Message) -> bool:
     """Fields this schema does not know, at any depth: the sign of another type's bytes (a Rollout
-    published to notes.seed parses as a Note with unknown fields; issue 12)."""
-    if len(unknown_fields.UnknownFieldSet(message)):
-        return True
-    for fd, value in message.ListFields():
-        if fd.message_type is not None:
-            for item in (value if fd.is_repeated else (value,)):
-                if isinstance(item, Message) and has_unknown_fields(item):
-                    return True
-    return False
+    published to notes.seed parses as a Note with unknown fields; issue 12). Two C calls instead of a
+    walk in Python (the walk was half the assessor's CPU per group): dropping the unknown fields
+    shrinks the message only if it had some. Such a message is refused, so dropping them is harmless."""
+    size = message.ByteSize()
+    message.DiscardUnknownFields()
+    return message.ByteSize() != size
 
 
 class DeliveryTracker:
