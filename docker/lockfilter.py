@@ -1,11 +1,15 @@
-"""Select the image's pins from requirements.lock (the one lock; images never resolve on their own).
+"""Select an image's pins from a lock (images never resolve on their own).
 
-    python lockfilter.py --drop dev --drop cuda requirements.lock > requirements.txt
+    python lockfilter.py --drop dev --drop cuda requirements.lock > requirements.txt        # CPU image
+    python lockfilter.py --drop dev --drop serving requirements-gpu.lock > requirements.txt  # GPU image
     python lockfilter.py --version-of torch requirements.lock
 
-``dev`` drops the test and lint tools and what only they need (pyproject's ``dev`` extra): a
-production image has no pytest, ruff or protoc. ``cuda`` drops torch and the CUDA libraries, for the
-CPU image, which installs the same torch version from the CPU wheel index instead.
+Two locks: requirements.lock (CPU: the venv, the tests, the CPU image) and requirements-gpu.lock (the
+GPU environment, resolved with vLLM: scripts/gpu_lock.py). ``dev`` drops the test and lint tools and
+what only they need (pyproject's ``dev`` extra): a production image has no pytest, ruff or protoc.
+``cuda`` drops torch and the CUDA libraries, for the CPU image, which installs the same torch version
+from the CPU wheel index instead. ``serving`` drops the lines under a lock's ``# [serving]`` line: vLLM
+and what only it needs, which the trainer image does not run (vLLM has an image of its own).
 tests/test_k8s_manifests.py checks that what is kept still satisfies every kept package's requirements.
 """
 
@@ -16,10 +20,13 @@ import re
 import sys
 
 GROUPS = {
-    "dev": {"pytest", "pytest-timeout", "ruff", "grpcio-tools", "rouge", "iniconfig", "pluggy"},
+    "dev": {"pytest", "pytest-timeout", "ruff", "grpcio-tools", "rouge", "iniconfig", "pluggy", "hypothesis",
+            "sortedcontainers"},
     "cuda": {"torch", "triton"},
+    "serving": set(),  # by section: every line after '# [serving]'
 }
 PREFIXES = {"cuda": ("nvidia-", "cuda-")}
+SECTION = re.compile(r"^#\s*\[(\w+)\]")
 
 
 def normalize(name: str) -> str:
@@ -38,8 +45,27 @@ def pins(lock_text: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def dropped(name: str, groups: list[str]) -> bool:
-    return any(name in GROUPS[g] or name.startswith(PREFIXES.get(g, ())) for g in groups)
+def sections(lock_text: str) -> dict[str, str]:
+    """Normalized name -> the section its line is in ('' before any ``# [name]`` line)."""
+    out, section = {}, ""
+    for line in lock_text.splitlines():
+        line = line.strip()
+        match = SECTION.match(line)
+        if match:
+            section = match.group(1)
+        elif line and not line.startswith(("#", "-")):
+            out[normalize(line.partition("==")[0])] = section
+    return out
+
+
+def dropped(name: str, groups: list[str], section: str = "") -> bool:
+    return section in groups or any(name in GROUPS[g] or name.startswith(PREFIXES.get(g, ())) for g in groups)
+
+
+def kept(lock_text: str, groups: list[str]) -> list[tuple[str, str, str]]:
+    """The pins an image installs: the lock minus the named groups."""
+    where = sections(lock_text)
+    return [pin for pin in pins(lock_text) if not dropped(pin[0], groups, where.get(pin[0], ""))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version-of", metavar="NAME", help="print the locked version of one package and exit")
     args = parser.parse_args(argv)
     with open(args.lock) as fh:
-        locked = pins(fh.read())
+        text = fh.read()
+    locked = pins(text)
     if args.version_of:
         versions = [v for n, v, _ in locked if n == normalize(args.version_of)]
         if not versions:
@@ -57,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(versions[0])
         return 0
-    for name, _, line in locked:
-        if not dropped(name, args.drop):
-            print(line)
+    for _, _, line in kept(text, args.drop):
+        print(line)
     return 0
 
 

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.fileio import open_private
 from services.common.segment import split_sentences
 
 CSV_COLUMNS = ("Text ID", "Text", "Sentences", "Error Flag", "Error Type", "Error Sentence ID",
@@ -312,10 +313,11 @@ def load_pairs_jsonl(path: str | Path) -> list[PairRecord]:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """One JSON object a line. Every file written here holds notes: it is created 0600 (issue 12)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with path.open("w", encoding="utf-8") as fh:
+    with open_private(path, "w") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1

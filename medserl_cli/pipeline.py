@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from services.common.fileio import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -156,7 +158,12 @@ def stage_rl(config: PipelineConfig, out: Path, sft: dict, data: dict, reward: s
                               group_size=config.rl_group_size, max_new_tokens=config.rl_max_new_tokens,
                               learning_rate=config.rl_learning_rate, seed=config.seed, timeout_s=config.rl_timeout_s,
                               progress=config.progress, reward=reward)
-    return run_selfplay(selfplay, seeds, out)
+    result = run_selfplay(selfplay, seeds, out)
+    # the edits that fooled the assessor are note text: a private file, never summary.json or the report
+    fooled = result.pop("fooled", [])
+    fooled_file = out / "rl_fooled.jsonl"
+    write_atomic(fooled_file, "".join(json.dumps(edit, ensure_ascii=False) + "\n" for edit in fooled), private=True)
+    return {**result, "fooled_edits": len(fooled), "fooled_file": str(fooled_file)}
 
 
 def stage_injector_eval(config: PipelineConfig, out: Path, sft: dict, rl: dict, data: dict) -> dict | None:

@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.common.fileio import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -253,8 +255,8 @@ def run_rounds(config: SelfPlayConfig, rounds: RoundsConfig, seeds: list, out: P
         data = round_out / "assessor_sft.jsonl"
         original = Path(rounds.assessor_data).read_text().splitlines()
         extra = assessor_records(result["fooled"])
-        data.write_text("".join(line + "\n" for line in original if line.strip())
-                        + "".join(json.dumps(r) + "\n" for r in extra))
+        write_atomic(data, "".join(line + "\n" for line in original if line.strip())
+                     + "".join(json.dumps(r) + "\n" for r in extra), private=True)  # SFT records: notes, 0600
         save = round_out / "assessor"
         if rounds.tiny:
             sft = SFTRunConfig.for_tiny_model(rounds.assessor_base, str(data), str(save), role="assessor",

@@ -271,8 +271,30 @@ def test_every_service_has_grpc_probes_runs_as_non_root_and_has_its_own_service_
                     <= dep["spec"]["template"]["metadata"]["labels"].items()]
         assert len(covering) == 1, f"{name}: {len(covering)} PodDisruptionBudgets"
         assert covering[0]["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow"
-    for name in ("trainer", "generator"):  # one learner / one job owner, never two at once
-        assert deployments[name]["spec"]["strategy"]["type"] == "Recreate"
+    assert deployments["trainer"]["spec"]["strategy"]["type"] == "Recreate"  # one learner, never two at once
+
+
+def test_the_generator_keeps_its_job_table_on_the_shared_volume_and_names_itself_by_pod():
+    """Durable jobs (issue 13): state_dir is on a ReadWriteMany claim every replica mounts, and each pod's
+    instance_id is its own name, so a restarted container takes its jobs back at once."""
+    from services.common.settings import load_settings
+    from services.generator.service import GeneratorSettings
+
+    docs = render("production")
+    generator = by_kind(docs, "Deployment")["generator"]
+    spec = generator["spec"]["template"]["spec"]
+    server = next(c for c in spec["containers"] if c["name"] == "server")
+    config = yaml.safe_load(config_map(docs, "medserl-config")["data"]["generator.yaml"])
+    settings = load_settings(GeneratorSettings, overrides=config, env={})
+    state_dir = settings.state_dir or f"{settings.output_root}/.jobs"
+    mount = max((m for m in server["volumeMounts"] if state_dir.startswith(m["mountPath"].rstrip("/") + "/")),
+                key=lambda m: len(m["mountPath"]))
+    assert not mount.get("readOnly")
+    claim = {v["name"]: v for v in spec["volumes"]}[mount["name"]]["persistentVolumeClaim"]["claimName"]
+    assert by_kind(docs, "PersistentVolumeClaim")[claim]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert settings.output_root.startswith(mount["mountPath"]), "outputs and ledgers beside the job table"
+    assert env_of(server)["MEDSERL_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert settings.job_lease_s >= 30 and settings.resume_interrupted
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -461,6 +483,68 @@ def test_every_config_file_in_the_manifests_is_valid_for_its_service():
     assert loaded["trainer"].model == "/checkpoints/sft"
 
 
+def test_production_requires_signed_bus_messages_and_each_service_mounts_the_keys_it_needs(tmp_path):
+    """message_auth=required in production, message_keys_dir a mount of the medserl-bus-keys Secret holding
+    exactly the service's own key and the key of every producer of every topic it reads (its KafkaUser's
+    Read ACLs, TOPIC_PRODUCERS); with just those files each service starts, and every hop of the data
+    plane verifies: what the producer signs its consumer accepts, an unsigned or forged message it refuses.
+    Dev keeps the default (auto: signing once keys exist) and references no key Secret."""
+    import hashlib
+
+    from medserl_cli.registry import load_service_class
+    from services.common import auth
+    from services.common.bus import Record
+    from services.common.settings import load_settings
+
+    docs = render("production")
+    env = config_map(docs, "medserl-env")["data"]
+    files = config_map(docs, "medserl-config")["data"]
+    deployments = by_kind(docs, "Deployment")
+    users = by_kind(docs, "KafkaUser")
+    held, reads = {}, {}
+    for service in SERVICES:
+        spec = deployments[service]["spec"]["template"]["spec"]
+        server = next(c for c in spec["containers"] if c["name"] == "server")
+        config = tmp_path / f"{service}.yaml"
+        config.write_text(files[f"{service}.yaml"])
+        container_env = {**env, **{e["name"]: e["value"] for e in server.get("env", []) if "value" in e}}
+        settings = load_settings(load_service_class(service).settings_cls, config, env=container_env)
+        assert settings.message_auth == "required", f"{service}: production must refuse unsigned messages"
+        mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
+        assert settings.message_keys_dir in mounts, f"{service}: message_keys_dir is not mounted"
+        assert mounts[settings.message_keys_dir].get("readOnly") is True
+        volume = {v["name"]: v for v in spec["volumes"]}[mounts[settings.message_keys_dir]["name"]]
+        assert volume["secret"]["secretName"] == "medserl-bus-keys" and not volume["secret"].get("optional")
+        items = volume["secret"]["items"]
+        assert all(i["key"] == i["path"] for i in items)
+        reads[service] = {a["resource"]["name"] for a in users[f"medserl-{service}"]["spec"]["authorization"]["acls"]
+                          if a["resource"]["type"] == "topic" and "Read" in a["operations"]}
+        needed = {service} | {p for t in reads[service] for p in auth.TOPIC_PRODUCERS[t] if p in SERVICES}
+        assert {i["path"] for i in items} == {f"{p}.key" for p in needed}, f"{service} needs the keys of {needed}"
+        keys_dir = tmp_path / f"{service}-keys"  # what the kubelet mounts there
+        keys_dir.mkdir()
+        for item in items:
+            (keys_dir / item["path"]).write_text(hashlib.sha256(item["key"].encode()).hexdigest() + "\n")
+        settings.message_keys_dir = str(keys_dir)
+        held[service] = auth.message_auth_for(service, settings)
+        assert held[service].mode == "required" and held[service].signs
+    assert reads["generator"] == set() and all(reads[s] for s in SERVICES if s != "generator")
+    for consumer, topics in reads.items():
+        for topic in topics:
+            for producer in (p for p in auth.TOPIC_PRODUCERS[topic] if p in SERVICES):
+                value, key = b"payload", b"key-1"
+                headers = tuple(held[producer].headers(topic, value, key))
+                record = Record(topic=topic, partition=0, offset=0, key=key, value=value, headers=headers)
+                assert held[consumer].check(record) == "", f"{consumer} refuses {producer} on {topic}"
+                assert held[consumer].check(Record(topic, 0, 1, key, value)).startswith("unauthenticated")
+                forged = Record(topic, 0, 2, key, b"other payload", headers)
+                assert held[consumer].check(forged).startswith("unauthenticated")
+    dev = render("dev")
+    assert "MEDSERL_MESSAGE_AUTH" not in config_map(dev, "medserl-env")["data"]
+    assert not [v for pod in pod_specs(dev).values() for v in pod["spec"].get("volumes", [])
+                if v.get("secret", {}).get("secretName") == "medserl-bus-keys"]
+
+
 def test_example_assessor_configs_load():
     from services.assessor.service import AssessorSettings
     from services.common.settings import load_settings
@@ -520,6 +604,14 @@ def test_the_seed_job_submits_the_rl_pool_to_the_injector():
     script = _bootstrap_script(docs, "seed.sh")
     assert "medserl client submit-seeds --target \"$TARGET\" --jsonl \"$SEEDS\"" in script
     assert "train_val_split/rl_train.jsonl" in script  # the RL pool, never the eval or test split
+    # the injector requires a bearer token (it binds the pod IP): the Job mounts the tokens Secret
+    (container,) = seed["spec"]["containers"]
+    assert "--token-file \"$TOKENS\"" in script
+    token_file = env_of(container)["MEDSERL_GRPC_TOKEN_FILE"]["value"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in seed["spec"]["volumes"]}
+    (tokens,) = [n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == "medserl-grpc-tokens"]
+    assert token_file == f"{mounts[tokens]}/tokens" and token_file in script
     env = config_map(docs, "medserl-bootstrap-env")["data"]
     host, port = env["MEDSERL_INJECTOR_TARGET"].split(":")
     service = by_kind(docs, "Service")[host]
@@ -586,10 +678,6 @@ def test_bootstrap_scripts_resume_and_never_repeat_a_finished_step(tmp_path, mod
         assert proc.returncode != 0 and "OPENAI_API_KEY is empty" in proc.stderr
 
 
-# commands the scripts run that the CLI does not have yet (issue 11 adds them): xfail, not fail
-PENDING_COMMANDS = {("client", "submit-seeds"): "medserl client submit-seeds (issue 11) is not in the CLI yet"}
-
-
 def _script_commands(text: str) -> list[list[str]]:
     """Every ``medserl ...`` command line of a shell script, continuation lines joined."""
     joined = re.sub(r"\\\n\s*", " ", text)
@@ -603,7 +691,7 @@ def _script_commands(text: str) -> list[list[str]]:
 
 def test_bootstrap_scripts_use_only_commands_and_flags_the_cli_has():
     docs = render("production")
-    pending, checked = [], 0
+    checked = 0
     for name, text in config_map(docs, "medserl-bootstrap")["data"].items():
         if not name.endswith(".sh"):
             continue
@@ -615,18 +703,13 @@ def test_bootstrap_scripts_use_only_commands_and_flags_the_cli_has():
                 if argv.index(word) > len(path) + 1:
                     break
                 path.append(word)
-            if tuple(path[:2]) in PENDING_COMMANDS:
-                pending.append(PENDING_COMMANDS[tuple(path[:2])])
-                continue
             proc = subprocess.run([sys.executable, "-m", "medserl_cli", *path, "--help"], cwd=ROOT, capture_output=True,
                                   text=True, timeout=120)
             assert proc.returncode == 0, f"{name}: medserl {' '.join(path)} --help failed: {proc.stderr[-500:]}"
             for flag in flags:
                 assert re.search(re.escape(flag) + r"[\s,=]", proc.stdout), f"{name}: medserl {' '.join(path)} has no {flag}"
             checked += 1
-    assert checked >= 4
-    if pending:
-        pytest.xfail("; ".join(sorted(set(pending))))
+    assert checked >= 5  # submit-seeds (the seed Job) among them
 
 
 # --------------------------------------------------------------------------------------------
@@ -1071,6 +1154,54 @@ def test_image_package_sets_come_from_the_lock_and_resolve_without_the_dev_tools
         assert not unmet, f"{image} image: {unmet}"
         assert not kept & lf.GROUPS["dev"]
     assert lf.main(["--version-of", "torch", str(ROOT / "requirements.lock")]) == 0
+
+
+MOVED_BY_VLLM = re.compile(r"^(torch|triton|transformers|numpy|nvidia-[\w-]+|cuda-[\w-]+)$")
+
+
+def test_the_gpu_image_has_its_own_lock_that_moves_only_what_vllm_forces():
+    """vLLM 0.33.0 pins torch/transformers (and numpy) away from requirements.lock: the GPU image installs
+    requirements-gpu.lock (the gpu extra resolved with the project) minus dev and minus vLLM itself; the
+    CPU lock stays as it is. Offline: the lock's header records each requirement that rules out the CPU
+    lock's version, and every recorded one is checked against the pins."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    lf = _lockfilter()
+    cpu_text, gpu_text = (ROOT / "requirements.lock").read_text(), (ROOT / "requirements-gpu.lock").read_text()
+    cpu = {n: v for n, v, _ in lf.pins(cpu_text)}
+    gpu = {n: v for n, v, _ in lf.pins(gpu_text)}
+    sections = lf.sections(gpu_text)
+    assert gpu["vllm"] == pyproject_vllm_pin() and sections["vllm"] == "serving"
+    gpu_dockerfile = re.sub(r"#.*", "", (DOCKER / "Dockerfile.gpu").read_text())
+    assert "COPY requirements-gpu.lock " in gpu_dockerfile and "requirements.lock" not in gpu_dockerfile
+    assert "lockfilter.py --drop dev --drop serving requirements-gpu.lock" in gpu_dockerfile
+    assert "lockfilter.py --drop dev --drop cuda requirements.lock" in (DOCKER / "Dockerfile").read_text()
+    trainer = {n: v for n, v, _ in lf.kept(gpu_text, ["dev", "serving"])}
+    assert "vllm" not in trainer and not set(trainer) & lf.GROUPS["dev"]
+    assert not {n for n, where in sections.items() if where == "serving"} & set(trainer)
+    assert set(trainer) - set(cpu) <= {"setuptools"} | {n for n in trainer if MOVED_BY_VLLM.match(n)}
+    moved = {n for n in trainer if n in cpu and trainer[n] != cpu[n]}
+    assert {"torch", "transformers"} <= moved and all(MOVED_BY_VLLM.match(n) for n in moved), sorted(moved)
+    forced = set()
+    for who, version, text, cpu_version in re.findall(r"^# (\S+) (\S+) requires: (.+?) \(requirements\.lock: (\S+)\)$",
+                                                      gpu_text, re.M):
+        req = Requirement(text)
+        name = lf.normalize(req.name)
+        assert gpu[lf.normalize(who)] == version, f"{who} {version} is not what the lock pins"
+        assert req.specifier.contains(gpu[name], prereleases=True), f"{name}=={gpu[name]} breaks {who}'s {req}"
+        assert cpu[name] == cpu_version and not req.specifier.contains(cpu_version, prereleases=True)
+        forced.add(name)
+    assert {"torch", "transformers", "numpy"} & moved <= forced, "a moved pin no requirement forces"
+    assert f"# vllm {pyproject_vllm_pin()} requires: torch==" in gpu_text
+    # pyproject admits both locks: the project installs against either (its direct pins, or ranges)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"]:
+        req = Requirement(text)
+        name = lf.normalize(req.name)
+        for lock, pinned in (("requirements.lock", cpu), ("requirements-gpu.lock", trainer)):
+            assert req.specifier.contains(pinned[name], prereleases=True), f"{lock} {name}=={pinned[name]} vs {req}"
 
 
 def test_configs_and_prompts_ship_in_the_wheel_where_the_generator_looks(tmp_path):

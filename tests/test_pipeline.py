@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 
 from medserl_cli.cli import main
-from medserl_cli.pipeline import PipelineConfig, run_pipeline
 
 
-def test_the_whole_pipeline_runs_embedded_and_writes_a_report(tmp_path, monkeypatch):
-    monkeypatch.delenv("MEDSERL_MEDEC_DIR", raising=False)
-    out = tmp_path / "run"
-    results = run_pipeline(PipelineConfig(out=str(out), sft_pairs=4, sft_epochs=1, rl_seed_notes=2, rl_updates=1,
-                                          rl_rollouts_per_update=4, rl_group_size=2, rl_max_new_tokens=24,
-                                          eval_notes=3, eval_max_new_tokens=24, progress=False))
+def test_the_whole_pipeline_runs_embedded_and_writes_a_report(smoke_run):
+    """The run itself is tests/conftest.py's ``smoke_run`` (shared with the secrets scan)."""
+    out, results = smoke_run.out, smoke_run.results
     assert "demo set" in results["data"]["label"]
     sft_data = out / "sft_data" / "sft_combined_safe.jsonl"
     kinds = [json.loads(line)["kind"] for line in sft_data.read_text().splitlines()]

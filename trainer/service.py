@@ -464,6 +464,7 @@ class LearnerLoop:
                 metrics.RL_STEP.labels(name).set(value)
 
 
+GAME_MODES = (pb.MODE_INJECT, pb.MODE_PARAPHRASE)
 MAX_ABS_REWARD = 100.0  # far above any reward ladder; a larger one is forged or broken
 MAX_GROUP_ROLLOUTS = 1024
 
@@ -487,6 +488,8 @@ def _invalid_group(group: pb.RolloutGroup, vocab_size: int | None = None) -> str
         return problem
     if len(group.rollouts) > MAX_GROUP_ROLLOUTS:
         return f"group has {len(group.rollouts)} rollouts (limit {MAX_GROUP_ROLLOUTS})"
+    if group.mode not in GAME_MODES or any(r.mode not in GAME_MODES for r in group.rollouts):
+        return f"group {group.group_id!r}: a mode other than MODE_INJECT or MODE_PARAPHRASE"
     for r in group.rollouts:
         if not r.rollout_id or not r.completion_token_ids:
             return f"group {group.group_id!r}: a rollout without an id or completion tokens"

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from medserl.v1 import messages_pb2 as medserl_dot_v1_dot_messages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amedserl/v1/generator.proto\x12\nmedserl.v1\x1a\x19medserl/v1/messages.proto\"t\n\x12SubmitPairsRequest\x12#\n\x05pairs\x18\x01 \x03(\x0b\x32\x14.medserl.v1.NotePair\x12\x15\n\radd_reasoning\x18\x02 \x01(\x08\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x04 \x01(\x01\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x98\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0bpairs_total\x18\x03 \x01(\x03\x12\x19\n\x11\x65xamples_accepted\x18\x04 \x01(\x03\x12\x19\n\x11\x65xamples_rejected\x18\x05 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\x01\x12\x0f\n\x07message\x18\x07 \x01(\t2\xc9\x01\n\tGenerator\x12\x41\n\x0bSubmitPairs\x12\x1e.medserl.v1.SubmitPairsRequest\x1a\x12.medserl.v1.JobRef\x12\x39\n\x0cGetJobStatus\x12\x12.medserl.v1.JobRef\x1a\x15.medserl.v1.JobStatus\x12>\n\x0eStreamExamples\x12\x12.medserl.v1.JobRef\x1a\x16.medserl.v1.SftExample0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amedserl/v1/generator.proto\x12\nmedserl.v1\x1a\x19medserl/v1/messages.proto\"t\n\x12SubmitPairsRequest\x12#\n\x05pairs\x18\x01 \x03(\x0b\x32\x14.medserl.v1.NotePair\x12\x15\n\radd_reasoning\x18\x02 \x01(\x08\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x04 \x01(\x01\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xac\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0bpairs_total\x18\x03 \x01(\x03\x12\x19\n\x11\x65xamples_accepted\x18\x04 \x01(\x03\x12\x19\n\x11\x65xamples_rejected\x18\x05 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\x01\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x12\n\noutput_dir\x18\x08 \x01(\t2\xc9\x01\n\tGenerator\x12\x41\n\x0bSubmitPairs\x12\x1e.medserl.v1.SubmitPairsRequest\x1a\x12.medserl.v1.JobRef\x12\x39\n\x0cGetJobStatus\x12\x12.medserl.v1.JobRef\x1a\x15.medserl.v1.JobStatus\x12>\n\x0eStreamExamples\x12\x12.medserl.v1.JobRef\x1a\x16.medserl.v1.SftExample0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBREF']._serialized_start=187
   _globals['_JOBREF']._serialized_end=211
   _globals['_JOBSTATUS']._serialized_start=214
-  _globals['_JOBSTATUS']._serialized_end=366
-  _globals['_GENERATOR']._serialized_start=369
-  _globals['_GENERATOR']._serialized_end=570
+  _globals['_JOBSTATUS']._serialized_end=386
+  _globals['_GENERATOR']._serialized_start=389
+  _globals['_GENERATOR']._serialized_end=590
 # @@protoc_insertion_point(module_scope)

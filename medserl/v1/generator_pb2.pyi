@@ -26,7 +26,7 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "state", "pairs_total", "examples_accepted", "examples_rejected", "cost_usd", "message")
+    __slots__ = ("job_id", "state", "pairs_total", "examples_accepted", "examples_rejected", "cost_usd", "message", "output_dir")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PAIRS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class JobStatus(_message.Message):
     EXAMPLES_REJECTED_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     pairs_total: int
@@ -41,4 +42,5 @@ class JobStatus(_message.Message):
     examples_rejected: int
     cost_usd: float
     message: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., pairs_total: _Optional[int] = ..., examples_accepted: _Optional[int] = ..., examples_rejected: _Optional[int] = ..., cost_usd: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+    output_dir: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., pairs_total: _Optional[int] = ..., examples_accepted: _Optional[int] = ..., examples_rejected: _Optional[int] = ..., cost_usd: _Optional[float] = ..., message: _Optional[str] = ..., output_dir: _Optional[str] = ...) -> None: ...

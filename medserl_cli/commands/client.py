@@ -7,14 +7,20 @@
     medserl client status --target 127.0.0.1:50056
 
 A note file is plain text (split into sentences) or MEDEC's numbered form (``0 First sentence.`` per
-line, ids kept). A JSONL line is ``{"note_id": ..., "text": ...}`` (or ``sentences: [[id, text], ...]``);
-for seeds a MEDEC pairs file works too (its corrected notes are used). Every call has a deadline.
+line, ids kept). A JSONL line is ``{"note_id": ..., "text": ...}`` (or ``sentences: [[id, text], ...]``)
+or a MEDEC pair: a prepared record as ``medserl data prepare`` writes it (``pairs.jsonl``,
+``train_val_split/rl_train.jsonl``: ``correct_sentences`` ...) or a raw ``train-pairs/`` line; a pair
+stands for its correct note (the seed the injector starts from), under the pair's note id. One file
+may mix them. Every call has a deadline. Services that require bearer tokens get the one in
+``--token-file`` (``$MEDSERL_GRPC_TOKEN_FILE``; a ``caller:token`` line, as in the services' tokens
+file, the first one counts) or ``$MEDSERL_GRPC_TOKEN``; a token is never a flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 from pathlib import Path
 
 DEFAULT_TARGETS = {"assessor": "127.0.0.1:50054", "injector": "127.0.0.1:50053", "trainer": "127.0.0.1:50056"}
@@ -30,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--target", default=DEFAULT_TARGETS.get(service, ""),
                        help=f"HOST:PORT of the {service} (default: %(default)s)")
         q.add_argument("--deadline", type=float, default=60.0, help="seconds per call (default: %(default)s)")
+        q.add_argument("--token-file", default=os.environ.get("MEDSERL_GRPC_TOKEN_FILE", ""),
+                       help="bearer token for services that require one: a file whose first 'caller:token' (or "
+                            "'token') line is used (default: $MEDSERL_GRPC_TOKEN_FILE, else $MEDSERL_GRPC_TOKEN)")
 
     a = actions.add_parser("assess", help="the frozen assessor's verdict on notes")
     source = a.add_mutually_exclusive_group(required=True)
@@ -80,7 +89,13 @@ def content_id(text: str) -> str:
     return "note-" + hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
 
 
+PAIR_KEYS = ("correct_sentences", "incorrect_sentences", "correct_note", "incorrect_note")
+
+
 def notes_from_jsonl(path: str) -> list:
+    """Notes from a JSONL file: note records, prepared MEDEC pair records (``medserl data prepare``) and
+    raw MEDEC pair lines, mixed as they come; a pair gives its correct note. Errors name the line."""
+    from medec.prepare import MedecFormatError, PairRecord, pair_from_raw
     from medserl.v1 import messages_pb2 as pb
     from medserl_cli.cli import CliError
     from services.common.fileio import JsonlError, read_jsonl
@@ -94,30 +109,40 @@ def notes_from_jsonl(path: str) -> list:
     except JsonlError as exc:
         raise CliError(f"--jsonl {path} line {exc.line}: {exc.reason}") from None
     for n, d in rows:
-        if "correct_sentences" in d or "incorrect_sentences" in d or "correct_note" in d:
-            return _pairs(path)
+        if any(key in d for key in PAIR_KEYS):
+            try:
+                if "correct_sentences" in d or "incorrect_sentences" in d:  # prepared (PairRecord.to_dict)
+                    pair = PairRecord.from_dict(d)
+                else:  # a raw pair line (train-pairs/): segmented here
+                    pair = pair_from_raw(d, Path(path), n)
+            except MedecFormatError as exc:
+                raise CliError(f"--jsonl {path}: {exc}") from None
+            except KeyError as exc:  # a field name: safe to show
+                raise CliError(f"--jsonl {path} line {n}: not a MEDEC pair record (no {exc})") from None
+            except (TypeError, ValueError):  # the message may quote a value, i.e. note text: never shown
+                raise CliError(f"--jsonl {path} line {n}: not a MEDEC pair record (sentences must be "
+                               "[[id, text], ...] with integer ids)") from None
+            if not pair.correct_sentences:
+                raise CliError(f"--jsonl {path} line {n}: the pair has no correct sentences")
+            note = make_note(pair.note_id or pair.pair_id, list(pair.correct_sentences), source=pair.source,
+                             split=pair.split)
+            if pair.correct_note.strip():
+                note.text = pair.correct_note
+            out.append(note)
+            continue
         sentences = d.get("sentences")
         note_id = str(d.get("note_id") or d.get("id") or "")
         if sentences:
-            pairs = [(int(i), str(t)) for i, t in sentences]
-            out.append(make_note(note_id or content_id(" ".join(t for _, t in pairs)), pairs, source="grpc"))
-        elif d.get("text"):
-            out.append(pb.Note(note_id=note_id or content_id(d["text"]), text=str(d["text"]), source="grpc"))
+            try:
+                numbered = [(int(i), str(t)) for i, t in sentences]
+            except (TypeError, ValueError):
+                raise CliError(f"--jsonl {path} line {n}: 'sentences' must be [[id, text], ...]") from None
+            out.append(make_note(note_id or content_id(" ".join(t for _, t in numbered)), numbered, source="grpc"))
+        elif isinstance(d.get("text"), str) and d["text"].strip():
+            out.append(pb.Note(note_id=note_id or content_id(d["text"]), text=d["text"], source="grpc"))
         else:
-            raise CliError(f"--jsonl {path} line {n}: needs 'text' or 'sentences'")
+            raise CliError(f"--jsonl {path} line {n}: needs 'text' or 'sentences' (a note), or a MEDEC pair")
     return out
-
-
-def _pairs(path: str) -> list:
-    from medec.prepare import MedecFormatError, load_pairs_jsonl
-    from medserl_cli.cli import CliError
-    from services.common.notes import make_note
-
-    try:
-        pairs = load_pairs_jsonl(path)
-    except (OSError, MedecFormatError) as exc:
-        raise CliError(f"--jsonl {path}: {exc}") from None
-    return [make_note(p.note_id, list(p.correct_sentences), source=p.source, split=p.split) for p in pairs]
 
 
 def notes_from_medec_csv(path: str | Path) -> list:
@@ -151,15 +176,34 @@ def _read_note_file(path: str):
 
 # --- calls --------------------------------------------------------------------------------------
 
-def _channel(target: str):
-    import grpc
-
+def bearer_token(token_file: str = "", env=None) -> str:
+    """The client's bearer token: the first ``caller:token`` (or ``token``) line of ``token_file``, else
+    ``$MEDSERL_GRPC_TOKEN``; "" for none. Errors name the file, never the token."""
     from medserl_cli.cli import CliError
+
+    env = os.environ if env is None else env
+    if token_file:
+        try:
+            lines = Path(token_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise CliError(f"--token-file {token_file}: {exc.strerror}") from None
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, sep, token = line.partition(":")
+                return (token if sep else name).strip()
+        raise CliError(f"--token-file {token_file} holds no token")
+    return env.get("MEDSERL_GRPC_TOKEN", "").strip()
+
+
+def _channel(target: str, token_file: str = ""):
+    from medserl_cli.cli import CliError
+    from services.common.auth import channel
     from services.common.runtime import GRPC_OPTIONS
 
     if not target:
         raise CliError("--target HOST:PORT is needed")
-    return grpc.insecure_channel(target, options=GRPC_OPTIONS)
+    return channel(target, token=bearer_token(token_file), options=GRPC_OPTIONS)
 
 
 def rpc_error(exc, target: str, what: str):
@@ -187,7 +231,7 @@ def run_assess(args: argparse.Namespace) -> int:
     from medserl.v1 import assessor_pb2, assessor_pb2_grpc
 
     notes = [_read_note_file(args.file)] if args.file else notes_from_jsonl(args.jsonl)
-    with _channel(args.target) as channel:
+    with _channel(args.target, args.token_file) as channel:
         stub = assessor_pb2_grpc.AssessorStub(channel)
         try:
             if len(notes) == 1:
@@ -222,7 +266,7 @@ def run_inject(args: argparse.Namespace) -> int:
     request = injector_pb2.InjectRequest(note=note, mode=mode)
     if args.n:
         request.sampling.n = args.n
-    with _channel(args.target) as channel:
+    with _channel(args.target, args.token_file) as channel:
         try:
             reply = injector_pb2_grpc.InjectorStub(channel).Inject(request, timeout=args.deadline)
         except grpc.RpcError as exc:
@@ -258,7 +302,7 @@ def run_submit_seeds(args: argparse.Namespace) -> int:
     if not notes:
         raise CliError("no seed notes to submit")
     accepted = 0
-    with _channel(args.target) as channel:
+    with _channel(args.target, args.token_file) as channel:
         stub = injector_pb2_grpc.InjectorStub(channel)
         for start in range(0, len(notes), max(1, args.batch)):
             chunk = notes[start:start + max(1, args.batch)]
@@ -282,7 +326,7 @@ def run_status(args: argparse.Namespace) -> int:
         from medserl_cli.cli import CliError
 
         raise CliError(f"status: nothing answers at {args.target} (is it up? `medserl status`)", code=3)
-    with _channel(args.target) as channel:
+    with _channel(args.target, args.token_file) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         try:
             reply = next(iter(stub.ServerReflectionInfo(

@@ -9,7 +9,11 @@ Production run (500 pairs -> 1,000 examples)::
 
     medserl generate-sft --input-jsonl data_processed/medec_paired/train_val_split/sft_train.jsonl \\
         --output-dir data/sft_production --prompt-file configs/prompts/gpt4o_medec_safe_augmentation.json \\
-        --num-pairs 500 --add-reasoning --openai-api-key $OPENAI_API_KEY
+        --num-pairs 500 --add-reasoning    # the key from $OPENAI_API_KEY or --openai-api-key-file
+
+The key is read from ``$OPENAI_API_KEY`` or from ``--openai-api-key-file`` (a file with the key, mode
+0600, e.g. a mounted Secret). ``--openai-api-key KEY`` still works but warns: a key in the arguments is
+visible to every user of the machine in ``ps`` and stays in the shell's history.
 
 Without a key and without --base-url the offline rule-based paraphraser is used (records say
 model_written=false). Re-running the same command resumes: finished pairs are skipped and every
@@ -22,8 +26,28 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 NO_VALUE = object()  # --openai-api-key given with nothing after it
+ARGV_KEY_WARNING = ("medserl: warning: --openai-api-key puts the key in the command line, where every user of this "
+                    "machine sees it (`ps`) and the shell keeps it in its history; `export OPENAI_API_KEY=...` or "
+                    "pass --openai-api-key-file PATH (a file only you can read) instead")
+
+
+def read_key_file(path: str | None) -> str | None:
+    """The API key in ``path`` (surrounding whitespace dropped); a missing or empty file is an error
+    that names the file, never its content."""
+    from medserl_cli.cli import CliError
+
+    if not path:
+        return None
+    try:
+        key = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"--openai-api-key-file {path} cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    if not key:
+        raise CliError(f"--openai-api-key-file {path} is empty: put the key on its first line")
+    return key
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-pairs", type=int, help="accepted pairs wanted (each gives one CORRECT + one INCORRECT); default all")
     p.add_argument("--add-reasoning", action="store_true", help="ask the model why each MEDEC error is wrong")
     # nargs="?": `--openai-api-key $OPENAI_API_KEY` with the variable unset must say so, not "expected one argument"
-    p.add_argument("--openai-api-key", nargs="?", const=NO_VALUE, help="API key (default $OPENAI_API_KEY); never logged")
+    p.add_argument("--openai-api-key", nargs="?", const=NO_VALUE,
+                   help="deprecated: a key here shows in `ps`; set $OPENAI_API_KEY or use --openai-api-key-file")
+    p.add_argument("--openai-api-key-file", metavar="PATH",
+                   help="file holding the API key (default: $OPENAI_API_KEY); never logged")
     p.add_argument("--base-url", help="any OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", default="gpt-4o", help="model name (default gpt-4o)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default 16)")
@@ -63,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     if args.openai_api_key is NO_VALUE or args.openai_api_key == "":
         raise CliError("--openai-api-key was given no value (is $OPENAI_API_KEY set? `export OPENAI_API_KEY=sk-...`); "
                        "or drop the flag to use $OPENAI_API_KEY, or the offline paraphraser when there is no key")
-    api_key = args.openai_api_key or os.environ.get("OPENAI_API_KEY") or None
+    if args.openai_api_key:
+        print(ARGV_KEY_WARNING, file=sys.stderr)
+    api_key = args.openai_api_key or read_key_file(args.openai_api_key_file) or os.environ.get("OPENAI_API_KEY") or None
     config = GeneratorConfig(
         input_jsonl=args.input_jsonl, output_dir=args.output_dir, prompt_file=args.prompt_file,
         num_pairs=args.num_pairs, add_reasoning=args.add_reasoning, api_key=api_key, base_url=args.base_url,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medec import mediqa_eval as me
+from services.common.fileio import write_atomic
 
 
 @dataclass
@@ -59,7 +60,7 @@ def assess_reference(reference: list[me.ReferenceRow], config: str | Path | None
                 bar.update(len(batch_rows))
     finally:
         detector.close()
-    out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(out_path, "\n".join(lines) + "\n", private=True)  # corrected sentences are note text
     run = me.parse_run_lines(lines)
     last_ids = {row.text_id: max(sid for sid, _ in note) for row, note in zip(rows, notes, strict=True)}
     return AssessOutcome(rows, run, last_ids, flagged / len(rows) if rows else 0.0, unparsed)

@@ -29,6 +29,8 @@ from medserl.v1 import assessor_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.assessor.detector import ModelDetector
 from services.common import metrics
+from services.common.deadline import DeadlineExceeded
+from services.common.limits import enum_name
 from services.common.notes import InvalidNote, note_sentences
 from services.common.reward import EXCLUDED, RewardWeights, needs_verdict, score_rollout
 from services.common.runtime import GrpcBinding, Service
@@ -89,6 +91,8 @@ class _AssessorServicer(assessor_pb2_grpc.AssessorServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {label}: {exc}")
         try:
             return self.service.assess([sentences])[0]
+        except DeadlineExceeded:
+            raise  # stopped at a checkpoint: the guard answers DEADLINE_EXCEEDED
         except Exception as exc:  # noqa: BLE001 - a backend failure is UNAVAILABLE, the server lives on
             log.exception("assessment failed", extra={"error_class": type(exc).__name__})
             self._count(method, grpc.StatusCode.UNAVAILABLE)
@@ -159,7 +163,7 @@ class AssessorService(Service):
                 results[i] = InvalidInput("rollout group without a group_id or without rollouts")
                 continue
             if group.mode not in (pb.MODE_INJECT, pb.MODE_PARAPHRASE):
-                results[i] = InvalidInput(f"group {group.group_id!r}: mode {pb.Mode.Name(group.mode)} "
+                results[i] = InvalidInput(f"group {group.group_id!r}: mode {enum_name(pb.Mode, group.mode)} "
                                           "has no game reward")
                 continue
             copy = pb.RolloutGroup()
@@ -167,6 +171,9 @@ class AssessorService(Service):
             pending = []
             try:
                 for rollout in copy.rollouts:
+                    if rollout.mode not in (pb.MODE_INJECT, pb.MODE_PARAPHRASE):  # the reward needs it
+                        raise InvalidInput(f"rollout {rollout.rollout_id!r}: mode {enum_name(pb.Mode, rollout.mode)} "
+                                           "has no game reward")
                     if not rollout.parse_error and not rollout.HasField("verification"):
                         raise InvalidInput(f"rollout {rollout.rollout_id!r} reached the assessor without a "
                                            "verification report")

@@ -11,10 +11,14 @@ installed by the runtime on every service, so no servicer has to remember any of
   refused at once with RESOURCE_EXHAUSTED (it never waits on a thread), so health checks, which are
   exempt, always find a free server thread;
 * deadlines: a call whose deadline passed while it was queued is refused with DEADLINE_EXCEEDED
-  before any work; the server's own cap (``max_call_s``) bounds every call's ``deadline_passed()``,
-  checked between streamed messages and by handlers that loop;
+  before any work; the server's own cap (``max_call_s``) bounds every call's deadline, which is
+  checked between streamed messages and by the work itself: handlers and inference backends call
+  ``services.common.deadline.checkpoint()`` between notes, batches and generated tokens, which raises
+  ``DeadlineExceeded`` once the deadline passed or the call ended (gRPC's termination callback: the
+  client went away), so an abandoned call stops burning CPU at the next checkpoint;
 * status codes: an undecodable request is INVALID_ARGUMENT, a ValueError escaping a handler is
-  INVALID_ARGUMENT with its message, anything else INTERNAL with the exception's class only.
+  INVALID_ARGUMENT with its message, DeadlineExceeded is DEADLINE_EXCEEDED, anything else INTERNAL
+  with the exception's class only.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from services.common import metrics
+from services.common import deadline, metrics
 from services.common.auth import Caller, token_caller
+from services.common.deadline import CallState, DeadlineExceeded, checkpoint, current_call  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,6 @@ REFLECTION_PREFIX = "/grpc.reflection."
 ANONYMOUS = Caller("anonymous", False, "anonymous")
 
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("medserl_caller", default=ANONYMOUS)
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("medserl_deadline", default=None)
 
 
 def current_caller() -> Caller:
@@ -47,9 +51,9 @@ def current_caller() -> Caller:
 
 
 def deadline_passed() -> bool:
-    """Has the call being handled run past its deadline (the client's or the server's cap)?"""
-    deadline = _deadline.get()
-    return deadline is not None and time.monotonic() > deadline
+    """Has the call being handled run past its deadline (the client's or the server's cap), or ended?"""
+    call = current_call()
+    return call is not None and call.expired()
 
 
 class _Undecodable:
@@ -148,11 +152,14 @@ class CallGuard(grpc.ServerInterceptor):
                 self.in_flight += 1
         cap = self.config.max_call_s
         budget = cap if remaining is None else min(cap, remaining)
-        return limited, _caller.set(caller), _deadline.set(time.monotonic() + budget)
+        call = CallState(method, time.monotonic() + budget)
+        if not context.add_callback(call.ended.set):  # gRPC runs it when the call terminates, however
+            call.ended.set()  # it had terminated already
+        return limited, _caller.set(caller), deadline.enter(call)
 
     def _leave(self, limited: bool, tokens) -> None:
-        caller_token, deadline_token = tokens
-        _deadline.reset(deadline_token)
+        caller_token, call_token = tokens
+        deadline.leave(call_token)
         _caller.reset(caller_token)
         if limited:
             with self._count_lock:
@@ -213,6 +220,11 @@ class CallGuard(grpc.ServerInterceptor):
         if context.code() is not None:
             return
         short = method.rsplit("/", 1)[-1]
+        if isinstance(exc, DeadlineExceeded):  # the work stopped at a checkpoint (issue 12)
+            metrics.GRPC_LIMITED.labels(self.config.service, short, "deadline").inc()
+            metrics.GRPC_REQUESTS.labels(self.config.service, short, "DEADLINE_EXCEEDED").inc()
+            log.info("call stopped at a deadline checkpoint", extra={"method": short})
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _describe(exc))
         if isinstance(exc, ValueError):
             metrics.GRPC_REQUESTS.labels(self.config.service, short, "INVALID_ARGUMENT").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, _describe(exc))

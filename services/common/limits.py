@@ -18,3 +18,12 @@ def id_problem(what: str, value: str, max_chars: int = MAX_ID_CHARS) -> str:
     if not value.isprintable():
         return f"{what} has control characters"
     return ""
+
+
+def enum_name(enum, value: int) -> str:
+    """The name of ``value`` in a protobuf enum, or the number: proto3 enums are open, so any int32
+    arrives, and ``Enum.Name`` raises on the ones it does not know (a ValueError in a reason)."""
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return str(value)

@@ -6,6 +6,8 @@ note gets one reason (a dead letter or INVALID_ARGUMENT), never a crash or a sil
 
 from __future__ import annotations
 
+from services.common.limits import MAX_ID_CHARS, id_problem
+
 MAX_NOTE_CHARS = 40_000  # far above any clinical note (MEDEC's longest is ~5k characters)
 MAX_SENTENCES = 300
 
@@ -18,6 +20,18 @@ def note_sentences(note, max_chars: int = MAX_NOTE_CHARS, max_sentences: int = M
     """``[(id, text)]`` from the note's sentences (MEDEC ids kept) or, when it has none, its text."""
     if note is None:
         raise InvalidNote("no note given")
+    if len(note.text) > max_chars:  # also beside sentences: the text travels on with the note (issue 12)
+        raise InvalidNote(f"note is too long: {len(note.text)} characters (limit {max_chars})")
+    if note.note_id and (problem := id_problem("note_id", note.note_id, 2 * MAX_ID_CHARS)):
+        raise InvalidNote(problem)  # (a rollout's note is named after the rollout: up to twice an id)
+    for label, value in (("source", note.source), ("split", note.split)):
+        if len(value) > MAX_ID_CHARS:
+            raise InvalidNote(f"note {label} has {len(value)} characters (limit {MAX_ID_CHARS})")
+    size = note.ByteSize() if hasattr(note, "ByteSize") else 0
+    if size > 8 * max_chars + 65_536:  # any other field (an unknown one too) that outweighs text and sentences
+        raise InvalidNote(f"note is too large: {size} bytes (limit {8 * max_chars + 65_536})")
+    if len(note.sentences) > max_sentences:  # before copying them
+        raise InvalidNote(f"note has {len(note.sentences)} sentences (limit {max_sentences})")
     if note.sentences:
         sentences = [(int(s.id), s.text) for s in note.sentences]
         ids = [sid for sid, _ in sentences]
@@ -30,8 +44,6 @@ def note_sentences(note, max_chars: int = MAX_NOTE_CHARS, max_sentences: int = M
     else:
         if not note.text.strip():
             raise InvalidNote("note is empty (no text and no sentences)")
-        if len(note.text) > max_chars:  # before segmenting: never spend CPU on a note we refuse
-            raise InvalidNote(f"note is too long: {len(note.text)} characters (limit {max_chars})")
         from services.common.segment import number_sentences
 
         sentences = [(int(sid), text) for sid, text in number_sentences(note.text)]

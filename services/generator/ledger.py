@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from services.common.fileio import make_private
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY, pair_id TEXT, task TEXT, attempt INTEGER, prompt_hash TEXT, model TEXT,
@@ -38,6 +40,7 @@ class Ledger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(self.path)  # upstream answers are paraphrased notes: 0600, and its -wal/-shm follow
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -66,6 +69,12 @@ class Ledger:
                  json.dumps(completion), usage[0], usage[1], usage[2], cost_usd, via, time.time()))
             self._db.execute("DELETE FROM pending WHERE key=?", (key,))
             self._db.execute("COMMIT")
+
+    def total_cost_usd(self) -> float:
+        """What every stored answer cost: all the runs over this output directory (a resumed job's spend)."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM responses").fetchone()
+        return float(row[0] or 0.0)
 
     def cached_keys(self) -> set[str]:
         with self._lock:

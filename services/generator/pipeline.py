@@ -35,7 +35,7 @@ from pathlib import Path
 
 from medec.prepare import PairRecord, load_pairs_jsonl, normalize_error_type
 from services.common import metrics
-from services.common.fileio import write_atomic
+from services.common.fileio import open_private, write_atomic
 from services.common.formats import InjectorEdit, ParseFailure, apply_edit, sft_messages
 from services.generator.client import (
     ChatRequest,
@@ -255,7 +255,7 @@ class JsonlAppender:
                 except ValueError:
                     continue
                 self.ids.add(str(row.get("id") or row.get("pair_id")))
-        self._fh = path.open("a", encoding="utf-8")
+        self._fh = open_private(path, "a")  # SFT records and rejections hold notes: 0600
 
     def write(self, rows: list[dict]) -> None:
         fresh = [r for r in rows if str(r.get("id") or r.get("pair_id")) not in self.ids]
@@ -289,7 +289,8 @@ def write_combined(out_dir: Path, seed: int) -> dict:
     pairs = sorted(set(correct) & set(incorrect))
     rows = [correct[p] for p in pairs] + [incorrect[p] for p in pairs]
     random.Random(seed).shuffle(rows)
-    write_atomic(out_dir / "sft_combined_safe.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(out_dir / "sft_combined_safe.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                 private=True)
     return {"pairs": len(pairs), "correct": len(pairs), "incorrect": len(pairs), "total": len(rows)}
 
 
@@ -367,7 +368,7 @@ class SftGenerator:
         if c.max_tries < 1:
             raise GeneratorError("--max-tries must be at least 1")
         if c.batch and c.use_offline():
-            raise GeneratorError("--batch needs the OpenAI API: set --openai-api-key / OPENAI_API_KEY or --base-url")
+            raise GeneratorError("--batch needs the OpenAI API: set OPENAI_API_KEY (or --openai-api-key-file) or --base-url")
 
     # --- entry point --------------------------------------------------------------------------------
     def run(self) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -38,8 +39,8 @@ class GenerationParams:
     top_logprobs: int = 0  # alternatives to record per generated position (0: none)
 
     def validate(self) -> GenerationParams:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
@@ -121,22 +122,45 @@ def local_path(uri: str) -> Path:
     elif "://" in uri:
         raise PolicyUpdateError(f"checkpoint uri {uri!r}: only local paths and file:// are supported here; "
                                 "sync the checkpoint to a shared volume first")
-    path = Path(uri)
-    if not path.exists():
-        raise PolicyUpdateError(f"checkpoint not found: {path}")
+    try:
+        path = Path(uri)
+        found = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte: not a path at all
+        raise PolicyUpdateError(f"checkpoint uri is not a usable path ({type(exc).__name__})") from None
+    if not found:
+        raise PolicyUpdateError(f"checkpoint not found: {str(path)[:300]}")
     return path
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model", ".txt")
 
 
-def checkpoint_sha256(path: str | Path) -> str:
-    """sha256 over the weight and config files of a checkpoint folder (names and contents, sorted)."""
+MAX_CHECKPOINT_ENTRIES = 10_000  # entries walked in a checkpoint folder before it is refused as not one
+_TOP_LEVEL_SUFFIXES = (".safetensors", ".bin", ".pt")  # a checkpoint folder has its weights at the top...
+_TOP_LEVEL_CONFIGS = ("config.json", "adapter_config.json")  # ...or its config
+
+
+def checkpoint_sha256(path: str | Path, max_entries: int = MAX_CHECKPOINT_ENTRIES) -> str:
+    """sha256 over the weight and config files of a checkpoint folder (names and contents, sorted).
+
+    A folder must hold a weight or config file at its top level, and the walk stops after ``max_entries``
+    entries: a policy update naming ``/`` (issue 12's fuzzing) is refused at once instead of hashing the
+    whole file system."""
     path = Path(path)
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no checkpoint files in {path}")
+    if path.is_file():
+        files = [path]
+    else:
+        if not any((p.suffix in _TOP_LEVEL_SUFFIXES or p.name in _TOP_LEVEL_CONFIGS) and p.is_file()
+                   for p in path.iterdir()):
+            raise FileNotFoundError(f"no checkpoint files in {path} (no weights or config.json at its top level)")
+        files = []
+        for n, p in enumerate(path.rglob("*"), start=1):
+            if n > max_entries:
+                raise ValueError(f"{path} has more than {max_entries} entries: not a checkpoint folder")
+            if p.suffix in WEIGHT_SUFFIXES and p.is_file():
+                files.append(p)
+        files.sort()
     for file in files:
         digest.update(str(file.relative_to(path) if file != path else file.name).encode())
         with file.open("rb") as handle:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.deadline import checkpoint
 from services.inference.base import (
     Completion,
     GenerationParams,
@@ -50,6 +51,7 @@ class OpenAIChatBackend(InferenceBackend):
         params.validate()
         out: list[Completion] = []
         for index, prompt in enumerate(prompts):
+            checkpoint("between prompts")  # a gRPC call past its deadline stops here (a no-op otherwise)
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             kwargs: dict[str, Any] = {"model": self._model, "messages": messages, "n": params.n,
                                       "temperature": params.temperature, "top_p": params.top_p,

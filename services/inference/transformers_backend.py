@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.common.deadline import checkpoint
 from services.inference.base import (
     Completion,
     GenerationParams,
@@ -125,6 +126,7 @@ class TransformersBackend(InferenceBackend):
         out: list[Completion] = []
         with self._lock:
             for start in range(0, len(rows), self.max_batch_size):
+                checkpoint("between batches")  # a gRPC call past its deadline stops here (a no-op otherwise)
                 chunk = rows[start : start + self.max_batch_size]
                 out.extend(self._generate_batch(chunk, params, seed + start))
         return out
@@ -154,6 +156,7 @@ class TransformersBackend(InferenceBackend):
         step_ids, step_positions = input_ids, positions
         with torch.inference_mode():
             for _ in range(params.max_new_tokens):
+                checkpoint("between generated tokens")
                 output = self.model(input_ids=step_ids, attention_mask=attention, position_ids=step_positions,
                                     use_cache=True, logits_to_keep=1, **{self._cache_arg: past})
                 past = getattr(output, self._cache_arg)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from services.common.deadline import checkpoint, time_left
 from services.inference.base import (
     Completion,
     GenerationParams,
@@ -94,8 +95,11 @@ class VllmBackend(InferenceBackend):
     def _post(self, path: str, body: dict) -> Any:
         last: Exception | None = None
         for attempt in range(self.max_retries + 1):
+            checkpoint(f"before POST {path}")  # for a gRPC call: never a request after its deadline
             try:
-                status, payload = _post_json(self.base_url + path, body, self.timeout_s, self._headers)
+                # on behalf of a gRPC call the request waits no longer than the call has left
+                timeout = max(0.05, min(self.timeout_s, time_left(self.timeout_s)))
+                status, payload = _post_json(self.base_url + path, body, timeout, self._headers)
             except InferenceError as exc:
                 last = exc
             else:

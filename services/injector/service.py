@@ -6,9 +6,9 @@ completion token ids, behaviour log-probs, sampling params, the modified note) -
 A completion that does not parse stays in its group with ``parse_error`` set: the assessor scores it
 with the format penalty, so the policy learns that garbage costs. The injector never writes a reward.
 
-Group ids are deterministic: ``<note id>~<hash of the seed's topic, partition, offset>``, so a
-redelivered seed message yields the same id (the learner drops the copy) while a seed submitted
-again is a new message and a new group.
+Group ids are deterministic: ``<note id>~<hash of the seed's id and sentences>``, so a redelivered
+seed message and the same seed submitted twice yield the same id (the learner drops the copy); a
+note wanted again (a new self-play epoch) comes with a new note_id.
 
 Policy versions: a second worker follows ``policy.updates`` and loads the newest version without a
 restart (transformers: LoRA adapter or full weights; vllm: load_lora_adapter), after checking the
@@ -49,7 +49,8 @@ from medserl.v1 import messages_pb2 as pb
 from services.common import formats, metrics
 from services.common.auth import bus_auth
 from services.common.bus import Bus, Record
-from services.common.limits import id_problem
+from services.common.deadline import DeadlineExceeded, checkpoint
+from services.common.limits import enum_name, id_problem
 from services.common.notes import InvalidNote, make_note, note_sentences
 from services.common.runtime import GrpcBinding, Service
 from services.common.topics import DEAD_LETTER, NOTES_SEED, POLICY_UPDATES, ROLLOUTS_GENERATED
@@ -171,9 +172,14 @@ class PolicyState:
                     f"past the learner's newest version {horizon}")
         if update.version < 0 or update.groups_consumed < 0 or update.rollouts_wanted < 0:
             return "negative version or accounting"
+        if len(update.checkpoint_uri) > 4096 or "\x00" in update.checkpoint_uri:
+            return f"checkpoint_uri of {len(update.checkpoint_uri)} characters is not a path"
         root = self.settings.checkpoint_root
         if root and update.checkpoint_uri:
-            resolved = Path(update.checkpoint_uri.removeprefix("file://")).resolve()
+            try:
+                resolved = Path(update.checkpoint_uri.removeprefix("file://")).resolve()
+            except (OSError, ValueError, RuntimeError):  # a symlink loop, a name too long
+                return "checkpoint_uri cannot be resolved"
             if not resolved.is_relative_to(Path(root).resolve()):
                 return f"checkpoint outside checkpoint_root {root}"
         return ""
@@ -197,7 +203,11 @@ class PolicyState:
             path = local_path(update.checkpoint_uri)
             if not update.checkpoint_sha256:
                 raise PolicyUpdateError(f"policy update v{update.version} has no checkpoint_sha256")
-            if checkpoint_sha256(path) != update.checkpoint_sha256:
+            try:
+                digest = checkpoint_sha256(path)
+            except (OSError, ValueError) as exc:  # not a checkpoint folder (e.g. "/"), unreadable files
+                raise PolicyUpdateError(f"policy update v{update.version}: {exc}") from None
+            if digest != update.checkpoint_sha256:
                 raise PolicyUpdateError(f"policy update v{update.version}: the files at its checkpoint_uri do "
                                         "not match its checkpoint_sha256")
         with self.lock:
@@ -252,7 +262,7 @@ class _InjectorServicer(injector_pb2_grpc.InjectorServicer):
                 raise InvalidNote(problem)
             sentences = note_sentences(request.note)
             if request.mode not in (pb.MODE_UNSPECIFIED, pb.MODE_PARAPHRASE, pb.MODE_INJECT):
-                raise InvalidNote(f"mode must be MODE_PARAPHRASE or MODE_INJECT, got {pb.Mode.Name(request.mode)}")
+                raise InvalidNote(f"mode must be MODE_PARAPHRASE or MODE_INJECT, got {enum_name(pb.Mode, request.mode)}")
             params = service.params.merged_with_proto(request.sampling if request.HasField("sampling") else None)
             if params.n > service.settings.max_group_size:
                 raise InvalidNote(f"sampling.n {params.n} is above the limit {service.settings.max_group_size}")
@@ -269,6 +279,8 @@ class _InjectorServicer(injector_pb2_grpc.InjectorServicer):
         mode = request.mode if request.mode != pb.MODE_UNSPECIFIED else service.choose_mode(note)
         try:
             rollouts = list(service.generate_groups([(note, sentences, mode, None)], params)[0].rollouts)
+        except DeadlineExceeded:
+            raise  # the call ended or ran out of time: the guard answers DEADLINE_EXCEEDED
         except Exception as exc:  # noqa: BLE001 - the backend failed; the server keeps serving
             log.exception("inject failed", extra={"error_class": type(exc).__name__})
             self._count("Inject", grpc.StatusCode.UNAVAILABLE)
@@ -354,8 +366,9 @@ class InjectorService(Service):
             params = replace(params, seed=self._sampling_seed())
         started = time.perf_counter()
         with self.policy.lock:
+            checkpoint("before generating")  # a gRPC call that waited on the lock past its deadline
             version = self.policy.version
-            completions = self.backend.generate(prompts, params)
+            completions = self.backend.generate(prompts, params)  # the backend checks per token / batch
         elapsed = time.perf_counter() - started
         metrics.GENERATION_SECONDS.labels(self.name).observe(elapsed)
         metrics.GENERATED_TOKENS.labels(self.name).inc(sum(c.num_tokens for c in completions))

@@ -26,6 +26,7 @@ from medserl.v1 import messages_pb2 as pb
 from medserl.v1 import verifier_pb2
 from services.common import metrics, topics
 from services.common.bus import Bus
+from services.common.limits import id_problem
 from services.common.notes import InvalidNote
 from services.common.notes import note_sentences as common_note_sentences
 from services.common.runtime import GrpcBinding, Service
@@ -88,6 +89,8 @@ class VerifierCore:
         return result
 
     def verify_request(self, request: verifier_pb2.VerifyRequest) -> pb.VerificationReport:
+        if request.id and (problem := id_problem("id", request.id)):  # echoed back: never a 1 MB "id"
+            raise VerifyInputError(problem)
         mode = PROTO_TO_MODE.get(request.mode)
         if mode is None:
             raise VerifyInputError(f"mode {pb.Mode.Name(request.mode) if request.mode in pb.Mode.values() else request.mode}"
