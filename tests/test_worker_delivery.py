@@ -102,6 +102,50 @@ def test_a_failed_flush_then_redelivery_processes_the_messages_again():
     assert all(i in w.seen for i in ids)
 
 
+class BrokerAwayBus(MemoryBus):
+    """Consumers whose first ``failures`` polls raise BusError (KafkaBus while a broker restarts)."""
+
+    def __init__(self, failures: int):
+        super().__init__()
+        self.failures = failures
+
+    def consumer(self, topics, group_id, client_id=None):
+        inner, bus = super().consumer(topics, group_id, client_id), self
+
+        class Flaky:
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+            def poll(self, timeout_s=1.0, max_records=500):
+                if bus.failures > 0:
+                    bus.failures -= 1
+                    raise BusError("poll failed: KafkaConnectionError: 111 ECONNREFUSED")
+                return inner.poll(timeout_s, max_records)
+
+        return Flaky()
+
+
+def test_a_poll_that_fails_while_the_broker_is_away_reconnects_instead_of_stopping_the_service():
+    bus = BrokerAwayBus(failures=2)
+    bus.ensure_topics([IN, OUT, DEAD])
+    producer = bus.producer()
+    for note_id in ("a", "b"):
+        producer.publish(IN, pb.Note(note_id=note_id).SerializeToString(), key=note_id)
+    calls: list[str] = []
+    w = worker(bus, relay(calls))
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    thread.start()
+    got: list = []
+    consumer = MemoryBus.consumer(bus, [OUT], "check")  # the test's own reader never fails
+    while len(got) < 2 and thread.is_alive():
+        got.extend(consumer.poll(0.5, 10))
+    stop.set()
+    thread.join(30)
+    assert w.error is None, "a bus failure in poll must not stop the worker"
+    assert bus.failures == 0 and sorted(calls) == ["a", "b"] and len(got) == 2
+
+
 def test_a_duplicate_id_is_skipped_once_its_first_copy_is_acknowledged():
     bus = seeded_bus(["a", "b", "a"])
     calls: list[str] = []

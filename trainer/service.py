@@ -197,21 +197,34 @@ class LearnerLoop:
 
     def run(self, stop: threading.Event) -> None:
         topics = [self.topic(ROLLOUTS_SCORED), self.topic(DEAD_LETTER)]
-        consumer = self.bus.consumer(topics, self.group_id, client_id="trainer")
+        consumer: Consumer | None = None
+        backoff = 0.5
         try:
-            self.announce()
             while not stop.is_set():
-                if self.settings.max_updates and self.version >= self.settings.max_updates:
-                    stop.wait(0.5)
-                    continue
-                self.poll_once(consumer)
+                try:
+                    if consumer is None:
+                        consumer = self.bus.consumer(topics, self.group_id, client_id="trainer")
+                        self.announce()  # also after a reconnect: the newest saved version, perhaps unpublished
+                    if self.settings.max_updates and self.version >= self.settings.max_updates:
+                        stop.wait(0.5)
+                        continue
+                    self.poll_once(consumer)
+                    backoff = 0.5
+                except BusError as exc:
+                    # the broker is away (a restart, a partition): keep the batch in hand (its records
+                    # come again and are skipped by position; committed with the next step) and reconnect
+                    log.warning("bus unavailable; the learner keeps its batch and reconnects",
+                                extra={"error": str(exc)[:300], "retry_in_s": backoff})
+                    consumer = _closed(consumer)
+                    stop.wait(backoff)
+                    backoff = min(5.0, backoff * 2)
         except BaseException as exc:
             self.error = exc
             log.exception("learner stopped on an unexpected error")
             raise
         finally:
             # a part-filled batch is handed back: its offsets were never committed
-            consumer.close()
+            _closed(consumer)
             self.producer.flush()
 
     def poll_once(self, consumer: Consumer) -> StepStats | None:
@@ -511,6 +524,16 @@ def _invalid_group(group: pb.RolloutGroup, vocab_size: int | None = None) -> str
             if ids and (min(ids) < 0 or (vocab_size is not None and max(ids) >= vocab_size)):
                 return f"rollout {r.rollout_id!r}: a {name} token id outside the vocabulary (size {vocab_size})"
     return ""
+
+
+def _closed(consumer: Consumer | None) -> None:
+    """Close a consumer that may already be broken; None either way."""
+    if consumer is not None:
+        try:
+            consumer.close()
+        except Exception as exc:  # noqa: BLE001 - a consumer of a broker that is gone
+            log.debug("consumer close failed", extra={"error_class": type(exc).__name__})
+    return None
 
 
 def _count(values) -> dict[str, int]:

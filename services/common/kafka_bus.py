@@ -347,7 +347,12 @@ class _KafkaConsumer(Consumer):
         self._polled: dict[tuple[str, int], int] = {}
 
     def poll(self, timeout_s=1.0, max_records=500):
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        from kafka.errors import KafkaError
+
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:  # the coordinator or broker away: the caller reconnects
+            raise BusError(f"poll failed: {type(exc).__name__}: {exc}") from exc
         out: list[Record] = []
         for tp, records in sorted(batches.items(), key=lambda kv: (kv[0].topic, kv[0].partition)):
             for r in records:

@@ -290,6 +290,13 @@ class StreamWorker:
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.group_id)
             self.deliveries = DeliveryTracker(Path(state_dir) / f"deliveries-{name}.json")
 
+    def _drop_consumer_quietly(self) -> None:
+        try:
+            self._drop_consumer()
+        except Exception as exc:  # noqa: BLE001 - closing a consumer of a broker that is gone
+            log.debug("consumer close failed", extra={"error_class": type(exc).__name__})
+            self._consumer = None
+
     def _drop_consumer(self) -> None:
         """Leave the group without committing: what was polled comes back (to us or another member)."""
         if self._consumer is not None:
@@ -313,8 +320,14 @@ class StreamWorker:
 
     # --- one poll -------------------------------------------------------------------------------
     def run_once(self) -> int:
-        consumer = self.consumer()
-        records = consumer.poll(self.poll_timeout_s, self.max_batch)
+        try:
+            consumer = self.consumer()
+            records = consumer.poll(self.poll_timeout_s, self.max_batch)
+        except BusError as exc:  # the broker is away (a restart): reconnect, nothing was taken
+            log.warning("bus unavailable; reconnecting", extra={"error": str(exc)[:300], "topics": ",".join(self.topics)})
+            self._drop_consumer_quietly()
+            self._stop.wait(min(5.0, max(0.5, self.poll_timeout_s)))
+            return 0
         if not records:
             return 0
         if len(records) > 1 and self.deliveries.redelivered(records):

@@ -48,7 +48,7 @@ from medserl.v1 import injector_pb2, injector_pb2_grpc
 from medserl.v1 import messages_pb2 as pb
 from services.common import formats, metrics
 from services.common.auth import bus_auth
-from services.common.bus import Bus, Record
+from services.common.bus import Bus, BusError, Record
 from services.common.deadline import DeadlineExceeded, checkpoint
 from services.common.limits import enum_name, id_problem
 from services.common.notes import InvalidNote, make_note, note_sentences
@@ -235,7 +235,12 @@ class AdmissionWorker(StreamWorker):
         self.paused_s = 0.0
 
     def run_once(self) -> int:
-        budget = self.policy.budget()
+        try:
+            budget = self.policy.budget()  # reads rollouts.generated's end offsets from the broker
+        except BusError as exc:  # the broker is away (a restart): wait, take nothing
+            log.warning("admission budget unknown; bus unavailable", extra={"error": str(exc)[:300]})
+            self.policy.wait_for_change(max(0.5, self.poll_timeout_s))
+            return 0
         if budget is not None:
             if budget <= 0:
                 started = time.monotonic()
