@@ -161,7 +161,7 @@ def main() -> int:
     broker = None
     bootstrap = args.bootstrap
     if not bootstrap:
-        broker = LocalKafka()
+        broker = LocalKafka(die_with_parent=True)  # a killed bench leaves no broker behind
         bootstrap = broker.start()
     args.broker_pid = getattr(broker, "pid", None)
     workdir = Path(tempfile.mkdtemp(prefix="medserl-bench-pipeline-"))
