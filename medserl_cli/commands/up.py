@@ -20,6 +20,7 @@ A config (YAML/JSON; examples in configs/up/)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -186,7 +187,11 @@ def _spawn(name: str, settings: dict[str, Any], bootstrap: str, state_dir: Path)
 
     config_file = state_dir / "config" / f"{name}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(yaml.safe_dump({**settings, "bus": "kafka", "kafka_bootstrap": bootstrap}, sort_keys=True))
+    # static group membership: one process per service, restarted under the same name, takes its
+    # partitions back at once (the name carries the deployment, so two state dirs never fence each other)
+    instance = f"{name}-{hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]}"
+    values = {"kafka_group_instance_id": instance, **settings, "bus": "kafka", "kafka_bootstrap": bootstrap}
+    config_file.write_text(yaml.safe_dump(values, sort_keys=True))
     log_file = state_dir / "logs" / f"{name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
