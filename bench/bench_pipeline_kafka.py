@@ -104,6 +104,9 @@ def run_pipeline(bootstrap: str, args, *, admission: bool, groups: int, workdir:
     notes = seed_notes(groups)
     broker_cpu = process_cpu(args.broker_pid)
     own_cpu = time.process_time()
+    for child in children.values():
+        child.sample_memory()
+    idle_cpu = {role: c.cpu_seconds() for role, c in children.items()}  # start-up (imports, lexicons) excluded
     started = time.monotonic()
     publish_seeds(bus, f"{NOTES_SEED}{config.suffix}", notes)
     finished = wait_scored(bus, f"{ROLLOUTS_SCORED}{config.suffix}", groups, time.monotonic() + args.timeout)
@@ -121,7 +124,7 @@ def run_pipeline(bootstrap: str, args, *, admission: bool, groups: int, workdir:
     return {"groups": groups, "finished": finished, "seconds": elapsed,
             "rollouts_per_s": groups * args.group_size / elapsed, "groups_per_s": groups / elapsed,
             "p50": percentile(latency, 0.5), "p95": percentile(latency, 0.95),
-            "cpu_s": {**{role: c.cpu_seconds() for role, c in children.items()}, "broker": broker_cpu,
+            "cpu_s": {**{role: c.cpu_seconds() - idle_cpu[role] for role, c in children.items()}, "broker": broker_cpu,
                       "harness": own_cpu},
             "size": len(generated[0].value) if generated else 0}
 
@@ -223,7 +226,8 @@ def report(args, raw: dict, off: dict, on: dict, chaos) -> None:
     print(f"(raw produce alone: {raw['produce_per_s']:.0f} msgs/s; msgs/s of the pipeline = 4 hops per group; "
           f"kafka-python CRC-32C in {'C (crc32c)' if crc32c_in_c() else 'pure Python: pip install crc32c'})")
     for name, r in (("admission off", off), ("admission on", on)):
-        print(f"CPU seconds per service, {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_s"].items()))
+        print(f"CPU ms per group, {name} (start-up excluded): "
+              + ", ".join(f"{k} {1000 * v / r['groups']:.2f}" for k, v in r["cpu_s"].items()))
     for run in chaos or []:
         membership = "static (group.instance.id)" if run.config.static_membership else "dynamic"
         print(f"\nchaos run, {membership} group membership: {run.total['seeds']} seeds ({run.total['rollouts']} "
