@@ -336,6 +336,12 @@ def test_kafka_topics_match_the_code(overlay):
     replicas = {t["spec"]["replicas"] for t in topics.values()}
     assert replicas == ({3} if overlay == "production" else {1})
     assert topics["policy-updates"]["spec"]["partitions"] == 1  # one ordered stream of versions
+    # the Topic Operator owns the topics: every service only checks that its own exist
+    env = config_map(render(overlay), "medserl-env")["data"]
+    assert env.get("MEDSERL_KAFKA_CREATE_TOPICS") == "false"
+    from services.common.settings import ServiceSettings, load_settings
+
+    assert load_settings(ServiceSettings, env=env).kafka_create_topics is False
 
 
 # --------------------------------------------------------------------------------------------

@@ -143,3 +143,19 @@ def test_shutdown_commits_the_batch_in_hand_and_marks_not_serving():
     remaining = {pb.Note.FromString(r.value).note_id for r in rest}
     assert done | remaining == {f"n{i}" for i in range(200)}
     assert not (done & remaining), "a committed message must not be redelivered"
+
+
+def test_with_topic_creation_off_a_missing_topic_is_an_error_that_names_it():
+    """kafka_create_topics=false (the Topic Operator owns the topics): start-up only checks them."""
+    from services.common.bus import BusError
+
+    bus = MemoryBus()
+    bus.ensure_topics(["echo.in", "deadletter"])
+    service = EchoService(EchoSettings(grpc_port=0, metrics_port=-1, kafka_create_topics=False), bus)
+    with pytest.raises(BusError, match="topics missing on the broker: echo.out"):
+        ServiceRuntime(service).start()
+    assert bus.missing_topics(["echo.out"]) == ["echo.out"], "nothing was created"
+    bus.ensure_topics(["echo.out"])  # the operator creates it: the service starts
+    runtime = ServiceRuntime(EchoService(EchoSettings(grpc_port=0, metrics_port=-1, kafka_create_topics=False),
+                                         bus)).start()
+    runtime.shutdown()

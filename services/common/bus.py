@@ -105,6 +105,16 @@ class Bus(ABC):
     @abstractmethod
     def ensure_topics(self, topics: Sequence[str], partitions: int = DEFAULT_PARTITIONS) -> None: ...
 
+    def require_topics(self, topics: Sequence[str]) -> None:
+        """Fail with the names of any topic that does not exist (topics an operator creates)."""
+        missing = self.missing_topics(topics)
+        if missing:
+            raise BusError(f"topics missing on the broker: {', '.join(missing)} (kafka_create_topics is off: the "
+                           "Topic Operator creates them, deploy/k8s/components/kafka-strimzi/topics.yaml)")
+
+    def missing_topics(self, topics: Sequence[str]) -> list[str]:
+        return []
+
     @abstractmethod
     def end_offsets(self, topic: str) -> list[int]:
         """The next offset of every partition of ``topic``: how many messages were ever written to it."""
@@ -152,6 +162,10 @@ class MemoryBus(Bus):
         self._unavailable_timeout_s = unavailable_timeout_s
 
     # --- broker administration --------------------------------------------------------------
+    def missing_topics(self, topics: Sequence[str]) -> list[str]:
+        with self._cond:
+            return [t for t in topics if t not in self._topics]
+
     def ensure_topics(self, topics: Sequence[str], partitions: int = DEFAULT_PARTITIONS) -> None:
         with self._cond:
             for topic in topics:

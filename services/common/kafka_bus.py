@@ -181,6 +181,18 @@ class KafkaBus(Bus):
             factor = min(3, max(1, len(admin.describe_cluster().get("brokers", []))))
         return factor, max(1, factor - 1)
 
+    def missing_topics(self, topics: Sequence[str]) -> list[str]:
+        from kafka.errors import KafkaError
+
+        admin = self.admin()
+        try:
+            existing = set(admin.list_topics())
+        except KafkaError as exc:
+            raise BusError(f"could not list topics on {self.bootstrap_servers}: {exc!r}") from exc
+        finally:
+            admin.close()
+        return [t for t in topics if t not in existing]
+
     def ensure_topics(self, topics: Sequence[str], partitions: int = DEFAULT_PARTITIONS) -> None:
         from kafka.admin import NewTopic
         from kafka.errors import KafkaError, TopicAlreadyExistsError

@@ -132,7 +132,10 @@ class ServiceRuntime:
         if s.metrics_port >= 0:
             self._metrics_server, _thread = start_http_server(s.metrics_port, addr=getattr(s, "metrics_host", "127.0.0.1"))
             self.metrics_port = self._metrics_server.server_port
-        self.service.bus.ensure_topics(list(self.service.topics()))
+        if getattr(s, "kafka_create_topics", True):
+            self.service.bus.ensure_topics(list(self.service.topics()))
+        else:
+            self.service.bus.require_topics(list(self.service.topics()))
         bindings = list(self.service.grpc_bindings())
         self.guard = guard
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.grpc_workers, thread_name_prefix=f"{name}-grpc"),

@@ -62,6 +62,9 @@ class ServiceSettings:
     # replica stopped for good then holds them until the timeout. "" = dynamic membership
     kafka_group_instance_id: str = ""
     kafka_session_timeout_ms: int = 10_000  # a consumer silent this long leaves its group (>= broker's min, 6 s)
+    # create missing topics at start-up; off where an operator owns them (Strimzi's Topic Operator, whose
+    # KafkaUsers may not create): a missing topic is then an error that names it
+    kafka_create_topics: bool = True
     shutdown_grace_s: float = 20.0  # seconds SIGTERM waits for the batch in hand before giving up
     grpc_workers: int = 8  # gRPC server threads
     # --- access control and limits (issue 12); secrets come from files or the environment, never flags
