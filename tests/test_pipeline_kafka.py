@@ -201,7 +201,15 @@ def test_deadletter_list_hides_payloads_and_replay_puts_each_letter_back_once(ka
 
     suffix = f".{unique}"
     bus = KafkaBus(kafka_bootstrap)
-    bus.ensure_topics([f"deadletter{suffix}", f"notes.seed{suffix}"])
+    bus.ensure_topics([f"deadletter{suffix}", f"notes.seed{suffix}", f"rollouts.generated{suffix}"])
+    # by default a dead letter copies nothing of its message (no note text on the topic): replay reads
+    # the original back from its source offset
+    third = pb.RolloutGroup(group_id="seed-3~def", seed_note_id="seed-3",
+                            seed_note=pb.Note(note_id="seed-3", text="SECRET-THIRD-TEXT one. two."))
+    producer = bus.producer()
+    producer.publish(f"rollouts.generated{suffix}", third.SerializeToString(), key=third.group_id)
+    producer.flush()
+    (at,) = read_topic(bus, f"rollouts.generated{suffix}")
     seed = pb.Note(note_id="seed-1", text="SECRET-NOTE-TEXT one. two.")
     group = pb.RolloutGroup(group_id="seed-2~abc", seed_note_id="seed-2", seed_note=pb.Note(note_id="seed-2",
                             text="SECRET-GROUP-TEXT one. two."), rollouts=[pb.Rollout(rollout_id="seed-2~abc-0")])
@@ -212,26 +220,32 @@ def test_deadletter_list_hides_payloads_and_replay_puts_each_letter_back_once(ka
                       error_class="RuntimeError", service="assessor", attempts=3),
         pb.DeadLetter(source_topic=f"sft.verified{suffix}", payload=b"x", reason="not pipeline work",
                       error_class="DecodeError", service="generator"),
+        pb.DeadLetter(source_topic=f"rollouts.generated{suffix}", source_partition=at.partition,
+                      source_offset=at.offset, key=b"seed-3~def", reason="boom", error_class="RuntimeError",
+                      service="verifier", attempts=3),
+        pb.DeadLetter(source_topic=f"rollouts.generated{suffix}", source_partition=at.partition,
+                      source_offset=at.offset + 50, key=b"gone", reason="past retention", error_class="RuntimeError",
+                      service="verifier", attempts=3),
     ]
-    producer = bus.producer()
     for letter in letters:
         producer.publish(f"deadletter{suffix}", letter.SerializeToString(), key=letter.key)
     producer.flush()
     common = ("--kafka-bootstrap", kafka_bootstrap, "--topic-suffix", suffix)
     listed = medserl("deadletter", "list", *common)
     assert listed.returncode == 0, listed.stderr
-    assert "3 dead letters" in listed.stdout and "InferenceError" in listed.stdout and "model server down" in listed.stdout
+    assert "5 dead letters" in listed.stdout and "InferenceError" in listed.stdout and "model server down" in listed.stdout
     assert "SECRET" not in listed.stdout, "a payload may be a clinical note: never printed"
     only = medserl("deadletter", "list", *common, "--service", "injector", "--json")
     assert [json.loads(line)["attempts"] for line in only.stdout.splitlines()] == [9]
     replay = medserl("deadletter", "replay", *common)
     assert replay.returncode == 0, replay.stderr
-    assert "2 replayed" in replay.stdout and "1 with nothing to redo" in replay.stdout
+    assert "3 replayed" in replay.stdout and "2 with nothing to redo" in replay.stdout
     seeds = [pb.Note.FromString(r.value) for r in read_topic(bus, f"notes.seed{suffix}")]
-    assert sorted(n.note_id for n in seeds) == ["seed-1", "seed-2"], "a seed as it was; a group as its seed note"
+    assert sorted(n.note_id for n in seeds) == ["seed-1", "seed-2", "seed-3"], \
+        "a seed as it was; a group as its seed note, also one read back from its source offset"
     again = medserl("deadletter", "replay", *common)
-    assert "0 replayed, 2 replayed before" in again.stdout
-    assert len(read_topic(bus, f"notes.seed{suffix}")) == 2, "each letter is replayed once"
+    assert "0 replayed, 3 replayed before" in again.stdout
+    assert len(read_topic(bus, f"notes.seed{suffix}")) == 3, "each letter is replayed once"
     assert "(replayed)" in medserl("deadletter", "list", *common).stdout
     producer.close()
     bus.close()

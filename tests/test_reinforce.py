@@ -294,7 +294,9 @@ def test_a_nan_group_is_quarantined_through_the_learner_loop_and_no_policy_is_pu
     letters = [d for d in read_all(bus, DEAD_LETTER, "dl", pb.DeadLetter) if d.service == "trainer"]
     assert [d.key for d in letters] == [b"nan"]
     assert "non-finite" in letters[0].reason and letters[0].error_class == "NonFinite"
-    quarantined = pb.RolloutGroup.FromString(letters[0].payload)
+    assert letters[0].payload == b"", "no copy of the group (its notes) on the dead-letter topic by default"
+    quarantined = pb.RolloutGroup.FromString(
+        bus.read_at(ROLLOUTS_SCORED, letters[0].source_partition, letters[0].source_offset).value)
     assert quarantined.group_id == "nan" and math.isnan(quarantined.rollouts[0].behaviour_logprobs[1])
     updates = read_all(bus, POLICY_UPDATES, "u1", pb.PolicyUpdate)
     assert updates and all(u.version == 0 and not u.checkpoint_uri for u in updates), "no new policy"

@@ -307,10 +307,10 @@ class LearnerLoop:
         try:
             self._buffer.append(self.learner.prepare(group))
         except NonFiniteError as exc:
-            self._quarantine([group], exc.reason)
+            self._quarantine([group], exc.reason, record)
         except (ValueError, IndexError, RuntimeError) as exc:  # a group the model cannot take: never a crash
             log.error("group could not be prepared", extra={"error_class": type(exc).__name__})
-            self._quarantine([group], f"could not be prepared ({type(exc).__name__})")
+            self._quarantine([group], f"could not be prepared ({type(exc).__name__})", record)
 
     def _dead_letter_seen(self, record: Record) -> None:
         """A group another service dead-lettered on its way here counts as disposed of (``lost``)."""
@@ -347,10 +347,15 @@ class LearnerLoop:
         self.producer.publish(self.topic(DEAD_LETTER), letter.SerializeToString(), key=letter.key)
         metrics.DEAD_LETTERS.labels("trainer", record.topic, error_class).inc()
 
-    def _quarantine(self, groups: list[pb.RolloutGroup], reason: str) -> None:
+    def _quarantine(self, groups: list[pb.RolloutGroup], reason: str, record: Record | None = None) -> None:
+        """Dead-letter groups the learner will not train on. Like every dead letter it copies no more of
+        the group than ``dead_letter_payload_bytes`` (none by default: notes are PHI) and names where
+        the group sits on rollouts.scored, so it can be read back from there."""
+        keep = int(getattr(self.settings, "dead_letter_payload_bytes", DEAD_LETTER_PAYLOAD_BYTES))
         for group in groups:
+            where = {"source_partition": record.partition, "source_offset": record.offset} if record else {}
             letter = pb.DeadLetter(source_topic=self.topic(ROLLOUTS_SCORED), key=group.group_id.encode(),
-                                   payload=group.SerializeToString()[:DEAD_LETTER_PAYLOAD_BYTES],
+                                   payload=group.SerializeToString()[:max(0, keep)], **where,
                                    reason=f"quarantined: {reason}"[:2000],
                                    error_class="NonFinite", service="trainer",
                                    failed_unix_ms=int(time.time() * 1000), attempts=1)

@@ -169,8 +169,18 @@ def _replayed(bus, suffix: str) -> set[str]:
     return {(r.key or b"").decode() for r in read_topic(bus, f"{REPLAYED}{suffix}")}
 
 
-def replay_target(letter, suffix: str) -> tuple[str, bytes, bytes | None] | None:
-    """(topic, payload, key) that puts a letter back to work, or None when there is nothing to redo."""
+def original_payload(letter, bus=None) -> bytes:
+    """The failed message: copied into the letter, or (by default none is copied: no note text on the
+    dead-letter topic) re-read from its source topic, partition and offset; b"" when it is gone."""
+    if letter.payload or bus is None:
+        return letter.payload
+    record = bus.read_at(letter.source_topic, letter.source_partition, letter.source_offset)
+    return record.value if record is not None else b""
+
+
+def replay_target(letter, suffix: str, bus=None) -> tuple[str, bytes, bytes | None] | None:
+    """(topic, payload, key) that puts a letter back to work, or None when there is nothing to redo
+    (also when the original message is past its topic's retention)."""
     from google.protobuf.message import DecodeError
 
     from medserl.v1 import messages_pb2 as pb
@@ -183,11 +193,17 @@ def replay_target(letter, suffix: str) -> tuple[str, bytes, bytes | None] | None
     )
 
     source = letter.source_topic
+    pipeline = {f"{t}{suffix}" for t in (ROLLOUTS_GENERATED, ROLLOUTS_VERIFIED, ROLLOUTS_SCORED)}
+    if source not in pipeline | {f"{NOTES_SEED}{suffix}", f"{POLICY_UPDATES}{suffix}"}:
+        return None
+    payload = original_payload(letter, bus)
+    if not payload:
+        return None
     if source in (f"{NOTES_SEED}{suffix}", f"{POLICY_UPDATES}{suffix}"):
-        return source, letter.payload, letter.key or None
-    if source in {f"{t}{suffix}" for t in (ROLLOUTS_GENERATED, ROLLOUTS_VERIFIED, ROLLOUTS_SCORED)}:
+        return source, payload, letter.key or None
+    if source in pipeline:
         try:
-            group = pb.RolloutGroup.FromString(letter.payload)
+            group = pb.RolloutGroup.FromString(payload)
         except DecodeError:
             return None
         if not group.HasField("seed_note") or not group.seed_note.note_id:
@@ -201,7 +217,8 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         letters = load_letters(bus, args)
         done = set() if args.again else _replayed(bus, args.topic_suffix)
-        todo = [(item, replay_target(item.letter, args.topic_suffix)) for item in letters if item.position not in done]
+        todo = [(item, replay_target(item.letter, args.topic_suffix, bus)) for item in letters
+                if item.position not in done]
         skipped = [item for item, target in todo if target is None]
         todo = [(item, target) for item, target in todo if target is not None]
         for item, (topic, _payload, _key) in todo:

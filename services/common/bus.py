@@ -115,6 +115,10 @@ class Bus(ABC):
     def missing_topics(self, topics: Sequence[str]) -> list[str]:
         return []
 
+    def read_at(self, topic: str, partition: int, offset: int) -> Record | None:
+        """The record at one offset (a dead letter's source), None when it is gone (retention)."""
+        return None
+
     @abstractmethod
     def end_offsets(self, topic: str) -> list[int]:
         """The next offset of every partition of ``topic``: how many messages were ever written to it."""
@@ -165,6 +169,13 @@ class MemoryBus(Bus):
     def missing_topics(self, topics: Sequence[str]) -> list[str]:
         with self._cond:
             return [t for t in topics if t not in self._topics]
+
+    def read_at(self, topic: str, partition: int, offset: int) -> Record | None:
+        with self._cond:
+            partitions = self._topics.get(topic, [])
+            if 0 <= partition < len(partitions) and 0 <= offset < len(partitions[partition]):
+                return partitions[partition][offset]
+        return None
 
     def ensure_topics(self, topics: Sequence[str], partitions: int = DEFAULT_PARTITIONS) -> None:
         with self._cond:

@@ -193,6 +193,33 @@ class KafkaBus(Bus):
             admin.close()
         return [t for t in topics if t not in existing]
 
+    def read_at(self, topic: str, partition: int, offset: int, timeout_s: float = 10.0) -> Record | None:
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
+
+        tp = TopicPartition(topic, partition)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None, enable_auto_commit=False,
+                                 client_id=f"{self.client_id}-read-at", **self.security)
+        try:
+            consumer.assign([tp])
+            start, end = consumer.beginning_offsets([tp])[tp], consumer.end_offsets([tp])[tp]
+            if not start <= offset < end:
+                return None  # past retention, or never written
+            consumer.seek(tp, offset)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                for r in consumer.poll(timeout_ms=500, max_records=1).get(tp, []):
+                    if r.offset == offset:
+                        return Record(topic=r.topic, partition=r.partition, offset=r.offset, key=r.key, value=r.value,
+                                      headers=tuple(r.headers or ()), timestamp_ms=r.timestamp)
+                    if r.offset > offset:
+                        return None  # compacted away
+            return None
+        except KafkaError as exc:
+            raise BusError(f"could not read {topic}[{partition}]@{offset}: {exc}") from exc
+        finally:
+            consumer.close()
+
     def ensure_topics(self, topics: Sequence[str], partitions: int = DEFAULT_PARTITIONS) -> None:
         from kafka.admin import NewTopic
         from kafka.errors import KafkaError, TopicAlreadyExistsError

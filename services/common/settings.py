@@ -80,7 +80,7 @@ class ServiceSettings:
     grpc_max_concurrent: int = 0  # calls handled at once, more are RESOURCE_EXHAUSTED; 0: grpc_workers - 2
     grpc_max_call_s: float = 3600.0  # server-side deadline of a call (streams are cut, handlers may check)
     max_message_bytes: int = 1_000_000  # largest bus message read or written (<= the broker's message.max.bytes)
-    dead_letter_payload_bytes: int = 262_144  # bytes of a failed message kept in its dead letter (0: ids and reason)
+    dead_letter_payload_bytes: int = 0  # bytes of a failed message copied into its dead letter (0: its offset, key, reason)
     max_deliveries: int = 3  # a message handed to its handler this often without completing is poison
     delivery_state_dir: str = ""  # delivery counts that survive a crash (an emptyDir); empty: in memory only
     message_auth: str = "auto"  # auto | required | off: HMAC-signed bus messages (services.common.auth)

@@ -98,7 +98,10 @@ class SeenIds:
         return len(self._ids)
 
 
-DEAD_LETTER_PAYLOAD_BYTES = 262_144  # default bytes of the failed message a dead letter keeps
+# bytes of the failed message a dead letter copies: none by default, so no note text rests on the
+# dead-letter topic (PHI); the letter names the source topic, partition and offset, and
+# `medserl deadletter replay` re-reads the message from there
+DEAD_LETTER_PAYLOAD_BYTES = 0
 DEAD_LETTER_KEY_BYTES = 512  # a key is an id; a longer one is cut (it was the attack, not the data)
 MAX_MESSAGE_BYTES = 1_000_000  # default largest message read or written (the Kafka producer's limit)
 _FRAME_BYTES = 4096  # what a record adds to key and value: headers, batch framing (generous)
