@@ -222,22 +222,25 @@ def test_every_group_is_disposed_of_once_and_the_accounting_says_so(tmp_path):
         letter(b"\xff\xff\xff", ROLLOUTS_GENERATED, "verifier", offset=41),  # poison: keyed by its offset
         letter(lost.SerializeToString(), ROLLOUTS_GENERATED, "verifier"),  # a redelivered copy of lost~1
         letter(pb.Note(note_id="x").SerializeToString(), NOTES_SEED, "injector"),  # never took a slot
+        # as the stream worker writes it by default: no payload (no note text), keyed by the group id
+        pb.DeadLetter(source_topic="rollouts.verified", source_offset=3, key=b"lost~2", reason="rejected",
+                      service="assessor"),
     ])
     consumer = bus.consumer([ROLLOUTS_SCORED, DEAD_LETTER], loop.group_id)
     for _ in range(12):
         loop.poll_once(consumer)
 
-    assert loop.fates == {"trained": 7, "stale": 1, "invalid": 1, "lost": 2, "duplicate": 1}
+    assert loop.fates == {"trained": 7, "stale": 1, "invalid": 1, "lost": 3, "duplicate": 1}
     bus.ensure_topics(["another.topic"])  # a rebalance: everything uncommitted is delivered again
     for _ in range(12):
         loop.poll_once(consumer)
-    assert loop.fates == {"trained": 7, "stale": 1, "invalid": 1, "lost": 2, "duplicate": 1}, \
+    assert loop.fates == {"trained": 7, "stale": 1, "invalid": 1, "lost": 3, "duplicate": 1}, \
         "a message delivered again is no new copy: nothing counted twice"
     assert loop.buffered_rollouts == 2, "fresh~1 (one version behind) waits for a full batch"
-    assert (loop.groups_consumed, loop.rollouts_consumed) == (7 + 5, 14 + 2 + 2 + 3 + 0 + 3)
+    assert (loop.groups_consumed, loop.rollouts_consumed) == (7 + 6, 14 + 2 + 2 + 3 + 0 + 3 + 0)
     updates = read_all(bus, POLICY_UPDATES, "acct", pb.PolicyUpdate)
     assert updates[0].version == 5 and updates[0].groups_consumed == 7, "announced on start"
-    assert updates[-1].version == 5 and updates[-1].groups_consumed == 12 and not updates[-1].rollouts_wanted
+    assert updates[-1].version == 5 and updates[-1].groups_consumed == 13 and not updates[-1].rollouts_wanted
     letters = [d for d in read_all(bus, DEAD_LETTER, "dl", pb.DeadLetter) if d.service == "trainer"]
     assert len(letters) == 1 and "no reward" in letters[0].reason and letters[0].error_class == "InvalidInput"
 
@@ -245,7 +248,7 @@ def test_every_group_is_disposed_of_once_and_the_accounting_says_so(tmp_path):
     loop.settings.starve_after_s = 0.0
     loop.poll_once(consumer)
     wanted = read_all(bus, POLICY_UPDATES, "acct-2", pb.PolicyUpdate)[-1]
-    assert wanted.rollouts_wanted == 4 - 2 and wanted.groups_consumed == 12 and wanted.version == 5
+    assert wanted.rollouts_wanted == 4 - 2 and wanted.groups_consumed == 13 and wanted.version == 5
     assert holder[0].steps == [] and loop.version == 5
 
 

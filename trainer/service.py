@@ -327,8 +327,10 @@ class LearnerLoop:
         try:
             group = pb.RolloutGroup.FromString(letter.payload)
             key, rollouts = group.group_id, len(group.rollouts)
-        except DecodeError:  # cut to dead_letter_payload_bytes: the record key is the group id
-            group, key, rollouts = None, letter.key.decode("utf-8", "replace"), 0
+        except DecodeError:  # cut to dead_letter_payload_bytes
+            group, key, rollouts = None, "", 0
+        if not key:  # no payload (the default: no note text on the topic): the record key is the group id
+            key = letter.key.decode("utf-8", "replace")
         if id_problem("group_id", key):
             key = ""
         if not key:
