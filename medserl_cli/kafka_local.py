@@ -114,7 +114,7 @@ class LocalKafka:
     """
 
     def __init__(self, version: str = KAFKA_VERSION, workdir: str | Path | None = None, heap: str = "512m",
-                 port: int = 0, die_with_parent: bool = False):
+                 port: int = 0, die_with_parent: bool = False, tls: dict | None = None):
         self.version = version
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="medserl-kafka-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -122,6 +122,10 @@ class LocalKafka:
         self.controller_port = free_port()
         self.heap = heap
         self.die_with_parent = die_with_parent
+        # a mutual-TLS listener beside the plain one, as Strimzi's: {"keystore": PEM key + chain,
+        # "truststore": PEM CA}; clients must present a certificate the CA signed
+        self.tls = dict(tls) if tls else None
+        self.tls_port = free_port() if tls else None
         self.proc: subprocess.Popen | None = None
         self.libs: Path | None = None
 
@@ -129,18 +133,34 @@ class LocalKafka:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def tls_bootstrap(self) -> str | None:
+        return f"127.0.0.1:{self.tls_port}" if self.tls_port else None
+
     def _properties(self) -> Path:
         props = self.workdir / "server.properties"
+        listeners = f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+        advertised = f"PLAINTEXT://127.0.0.1:{self.port}"
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        tls: list[str] = []
+        if self.tls:
+            listeners += f",SSL://127.0.0.1:{self.tls_port}"
+            advertised += f",SSL://127.0.0.1:{self.tls_port}"
+            protocols += ",SSL:SSL"
+            tls = ["inter.broker.listener.name=PLAINTEXT", "ssl.keystore.type=PEM",
+                   f"ssl.keystore.location={self.tls['keystore']}", "ssl.truststore.type=PEM",
+                   f"ssl.truststore.location={self.tls['truststore']}", "ssl.client.auth=required"]
         props.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"listeners={listeners}",
+                    f"advertised.listeners={advertised}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"listener.security.protocol.map={protocols}",
+                    *tls,
                     f"log.dirs={self.workdir / 'data'}",
                     "num.partitions=4",
                     "offsets.topic.replication.factor=1",

@@ -157,6 +157,11 @@ class KafkaBus(Bus):
         try:
             return build()
         except (KafkaTimeoutError, KafkaConnectionError) as exc:
+            protocol = self.security.get("security_protocol", "PLAINTEXT")
+            if protocol != "PLAINTEXT":  # the port answers (require_reachable): the handshake is the suspect
+                raise BusError(f"Kafka at {self.bootstrap_servers} answered but no {protocol} session came up "
+                               f"({type(exc).__name__}): check kafka_ssl_cafile, kafka_ssl_certfile and "
+                               "kafka_ssl_keyfile (a certificate the cluster CA signed) or the SASL user") from exc
             raise _not_reachable(self.bootstrap_servers, exc) from exc
 
     def producer(self) -> Producer:
