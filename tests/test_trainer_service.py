@@ -24,6 +24,7 @@ from services.common.topics import (
     ROLLOUTS_SCORED,
 )
 from services.inference import checkpoint_sha256
+from tests.bus_fakes import PollFailingBus
 from tests.rl_fakes import group, read_all, recording_factory, rollout, wait_for_update
 from trainer.reinforce import ReinforcePPConfig, sequence_logprobs
 from trainer.service import HISTORY_FILE, STATE_FILE, LearnerLoop, TrainerSettings
@@ -266,39 +267,8 @@ def test_checkpoints_kept_are_the_newest_plus_any_still_sampling(tmp_path, last_
     assert sorted(int(p.name.removeprefix("policy-v")) for p in Path(loop.dir).glob("policy-v*")) == kept
 
 
-class _BrokerAway(MemoryBus):
-    """A bus whose consumers' polls fail (BusError, as KafkaBus raises while the coordinator is away)
-    until ``back`` is set: the broker restarting under a learner holding a part-filled batch."""
-
-    def __init__(self):
-        super().__init__()
-        self.away = threading.Event()
-        self.back = threading.Event()
-        self.failed_polls = 0
-
-    def consumer(self, topics, group_id, client_id=None):
-        inner = super().consumer(topics, group_id, client_id)
-        bus = self
-
-        class Flaky:
-            def __getattr__(self, name):
-                return getattr(inner, name)
-
-            def poll(self, timeout_s=1.0, max_records=500):
-                if bus.away.is_set() and not bus.back.is_set():
-                    bus.failed_polls += 1
-                    if bus.failed_polls == 3:
-                        bus.back.set()  # the broker is back after three failed polls
-                    from services.common.bus import BusError
-
-                    raise BusError("poll failed: KafkaConnectionError: 111 ECONNREFUSED")
-                return inner.poll(timeout_s, max_records)
-
-        return Flaky()
-
-
 def test_a_broker_away_mid_batch_neither_stops_the_learner_nor_loses_or_repeats_a_group(tmp_path):
-    bus = _BrokerAway()
+    bus = PollFailingBus()
     holder: list = []
     loop = LearnerLoop(_settings("tiny", tmp_path, rollouts_per_update=8), bus, recording_factory(holder))
     three_prepared = threading.Event()
@@ -315,8 +285,8 @@ def test_a_broker_away_mid_batch_neither_stops_the_learner_nor_loses_or_repeats_
     loop.start(stop)
     _publish(bus, ROLLOUTS_SCORED, [_tiny_group(f"n{i}~s") for i in range(3)])  # 6 of 8 rollouts: part-filled
     assert three_prepared.wait(60)
-    bus.away.set()  # the broker goes away with the batch in hand
-    assert bus.back.wait(60), "the learner stopped polling"
+    bus.fail_polls(3)  # the broker goes away with the batch in hand; back after three failed polls
+    assert bus.recovered.wait(60), "the learner stopped polling"
     _publish(bus, ROLLOUTS_SCORED, [_tiny_group(f"n{i}~s") for i in range(3, 5)])  # fills the step, 2 left
     update = wait_for_update(bus, "check", lambda u: u.version == 1, timeout_s=120)
     stop.set()

@@ -21,6 +21,7 @@ from medserl.v1 import messages_pb2 as pb
 from services.common.bus import BusError, MemoryBus, Producer
 from services.common.worker import Output, StreamWorker, per_message
 from services.inference import InferenceError
+from tests.bus_fakes import PollFailingBus
 
 IN, OUT, DEAD = "w.in", "w.out", "w.dead"
 
@@ -102,31 +103,9 @@ def test_a_failed_flush_then_redelivery_processes_the_messages_again():
     assert all(i in w.seen for i in ids)
 
 
-class BrokerAwayBus(MemoryBus):
-    """Consumers whose first ``failures`` polls raise BusError (KafkaBus while a broker restarts)."""
-
-    def __init__(self, failures: int):
-        super().__init__()
-        self.failures = failures
-
-    def consumer(self, topics, group_id, client_id=None):
-        inner, bus = super().consumer(topics, group_id, client_id), self
-
-        class Flaky:
-            def __getattr__(self, name):
-                return getattr(inner, name)
-
-            def poll(self, timeout_s=1.0, max_records=500):
-                if bus.failures > 0:
-                    bus.failures -= 1
-                    raise BusError("poll failed: KafkaConnectionError: 111 ECONNREFUSED")
-                return inner.poll(timeout_s, max_records)
-
-        return Flaky()
-
-
 def test_a_poll_that_fails_while_the_broker_is_away_reconnects_instead_of_stopping_the_service():
-    bus = BrokerAwayBus(failures=2)
+    bus = PollFailingBus()
+    bus.fail_polls(2)
     bus.ensure_topics([IN, OUT, DEAD])
     producer = bus.producer()
     for note_id in ("a", "b"):
@@ -143,7 +122,7 @@ def test_a_poll_that_fails_while_the_broker_is_away_reconnects_instead_of_stoppi
     stop.set()
     thread.join(30)
     assert w.error is None, "a bus failure in poll must not stop the worker"
-    assert bus.failures == 0 and sorted(calls) == ["a", "b"] and len(got) == 2
+    assert bus.failed_polls == 2 and sorted(calls) == ["a", "b"] and len(got) == 2
 
 
 def test_a_duplicate_id_is_skipped_once_its_first_copy_is_acknowledged():

@@ -36,7 +36,7 @@ from medserl.v1 import messages_pb2 as pb
 from medserl.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common import metrics
 from services.common.auth import bus_auth
-from services.common.bus import Bus, BusError, Consumer, Record
+from services.common.bus import Bus, BusError, Consumer, Record, close_quietly
 from services.common.fileio import write_atomic
 from services.common.limits import MAX_ID_CHARS, id_problem
 from services.common.reward import EXCLUDED, FOOLED, INVALID, OUTCOMES, UNPARSEABLE
@@ -215,7 +215,8 @@ class LearnerLoop:
                     # come again and are skipped by position; committed with the next step) and reconnect
                     log.warning("bus unavailable; the learner keeps its batch and reconnects",
                                 extra={"error": str(exc)[:300], "retry_in_s": backoff})
-                    consumer = _closed(consumer)
+                    close_quietly(consumer)
+                    consumer = None
                     stop.wait(backoff)
                     backoff = min(5.0, backoff * 2)
         except BaseException as exc:
@@ -224,7 +225,7 @@ class LearnerLoop:
             raise
         finally:
             # a part-filled batch is handed back: its offsets were never committed
-            _closed(consumer)
+            close_quietly(consumer)
             self.producer.flush()
 
     def poll_once(self, consumer: Consumer) -> StepStats | None:
@@ -531,16 +532,6 @@ def _invalid_group(group: pb.RolloutGroup, vocab_size: int | None = None) -> str
             if ids and (min(ids) < 0 or (vocab_size is not None and max(ids) >= vocab_size)):
                 return f"rollout {r.rollout_id!r}: a {name} token id outside the vocabulary (size {vocab_size})"
     return ""
-
-
-def _closed(consumer: Consumer | None) -> None:
-    """Close a consumer that may already be broken; None either way."""
-    if consumer is not None:
-        try:
-            consumer.close()
-        except Exception as exc:  # noqa: BLE001 - a consumer of a broker that is gone
-            log.debug("consumer close failed", extra={"error_class": type(exc).__name__})
-    return None
 
 
 def _count(values) -> dict[str, int]:

@@ -14,6 +14,7 @@ Semantics every implementation keeps (tests/test_bus_conformance.py checks them 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -89,6 +90,16 @@ class Consumer(ABC):
     @abstractmethod
     def close(self) -> None:
         """Leave the group. Uncommitted records go to the remaining members."""
+
+
+def close_quietly(consumer: Consumer | None) -> None:
+    """Close a consumer that may already be broken (its broker gone); errors are only logged."""
+    if consumer is None:
+        return
+    try:
+        consumer.close()
+    except Exception as exc:  # noqa: BLE001 - a consumer of a broker that is gone
+        logging.getLogger(__name__).debug("consumer close failed", extra={"error_class": type(exc).__name__})
 
 
 class Bus(ABC):

@@ -126,6 +126,7 @@ class KafkaBus(Bus):
         self.max_message_bytes = int(max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES)
         self.group_instance_id = group_instance_id  # static membership: see ServiceSettings
         self._instances: dict[str, set[int]] = {}  # live consumers per group: each member needs its own name
+        self._instances_lock = threading.Lock()
         self._offsets_client = None  # a group-less consumer for end offsets, made on first use
         self._offsets_lock = threading.Lock()
 
@@ -191,12 +192,11 @@ class KafkaBus(Bus):
 
         admin = self.admin()
         try:
-            existing = set(admin.list_topics())
+            return _missing(admin, topics)
         except KafkaError as exc:
             raise BusError(f"could not list topics on {self.bootstrap_servers}: {exc!r}") from exc
         finally:
             admin.close()
-        return [t for t in topics if t not in existing]
 
     def read_at(self, topic: str, partition: int, offset: int, timeout_s: float = 10.0) -> Record | None:
         from kafka import KafkaConsumer, TopicPartition
@@ -231,8 +231,7 @@ class KafkaBus(Bus):
 
         admin = self.admin()
         try:
-            existing = set(admin.list_topics())
-            missing = [t for t in topics if t not in existing]
+            missing = _missing(admin, topics)
             if missing:
                 factor, min_isr = self.topic_replication(admin)
                 new = [NewTopic(name=t, num_partitions=partitions, replication_factor=factor,
@@ -346,13 +345,18 @@ class _KafkaProducer(Producer):
         self._producer.close(timeout=10)
 
 
+def _missing(admin, topics: Sequence[str]) -> list[str]:
+    existing = set(admin.list_topics())
+    return [t for t in topics if t not in existing]
+
+
 def _static_membership(bus: KafkaBus, group_id: str) -> tuple[int | None, dict]:
     """``group_instance_id`` for a new consumer of ``group_id``: the bus's name, numbered by the lowest
     slot free in this process, so a consumer made again (after a restart or a reconnect) is the same
     member. Returns (slot, consumer options)."""
     if not bus.group_instance_id:
         return None, {}
-    with bus._offsets_lock:
+    with bus._instances_lock:
         taken = bus._instances.setdefault(group_id, set())
         slot = next(i for i in range(len(taken) + 1) if i not in taken)
         taken.add(slot)
@@ -443,6 +447,6 @@ class _KafkaConsumer(Consumer):
 
     def _release(self) -> None:
         if self._slot is not None:
-            with self._bus._offsets_lock:
+            with self._bus._instances_lock:
                 self._bus._instances.get(self._group_id, set()).discard(self._slot)
             self._slot = None

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from medserl.v1 import messages_pb2 as pb
 from services.common import metrics
 from services.common.auth import bus_auth
-from services.common.bus import Bus, BusError, Consumer, Producer, Record
+from services.common.bus import Bus, BusError, Consumer, Producer, Record, close_quietly
 from services.common.fileio import write_atomic
 from services.common.topics import DEAD_LETTER
 
@@ -293,13 +293,6 @@ class StreamWorker:
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.group_id)
             self.deliveries = DeliveryTracker(Path(state_dir) / f"deliveries-{name}.json")
 
-    def _drop_consumer_quietly(self) -> None:
-        try:
-            self._drop_consumer()
-        except Exception as exc:  # noqa: BLE001 - closing a consumer of a broker that is gone
-            log.debug("consumer close failed", extra={"error_class": type(exc).__name__})
-            self._consumer = None
-
     def _drop_consumer(self) -> None:
         """Leave the group without committing: what was polled comes back (to us or another member)."""
         if self._consumer is not None:
@@ -328,7 +321,8 @@ class StreamWorker:
             records = consumer.poll(self.poll_timeout_s, self.max_batch)
         except BusError as exc:  # the broker is away (a restart): reconnect, nothing was taken
             log.warning("bus unavailable; reconnecting", extra={"error": str(exc)[:300], "topics": ",".join(self.topics)})
-            self._drop_consumer_quietly()
+            consumer, self._consumer = self._consumer, None
+            close_quietly(consumer)
             self._stop.wait(min(5.0, max(0.5, self.poll_timeout_s)))
             return 0
         if not records:

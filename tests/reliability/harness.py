@@ -495,15 +495,14 @@ def ledger(notes: list, topics: dict[str, list], trained: list, state: dict, con
     for group in mine[ROLLOUTS_GENERATED]:
         ids_per_seed.setdefault(group.seed_note_id, set()).add(group.group_id)
     disposed = set(state.get("consumed_group_ids", []))
-    fates = {gid for gid in disposed if gid.split("~")[0] in seeds}
+    with_a_fate = {gid for gid in disposed if gid.split("~")[0] in seeds}
     lost = sum(1 for s in seeds if not ids_per_seed.get(s, set()) & disposed)
-    rollouts_trained = sum(config.group_size for gid in times)
 
     def dups(name: str) -> int:
         return len(mine[name]) - len({g.group_id for g in mine[name]})
 
     return {"seeds": len(seeds), "rollouts": len(seeds) * config.group_size, "trained_groups": len(times),
-            "rollouts_trained": rollouts_trained, "disposed_untrained": len(fates - set(times)),
+            "rollouts_trained": len(times) * config.group_size, "disposed_untrained": len(with_a_fate - set(times)),
             "lost": lost, "trained_twice": sum(c > 1 for c in times.values()),
             "second_group": sum(len(ids) > 1 for ids in ids_per_seed.values()), "split": split,
             "stale_trained": stale, "dup_generated": dups(ROLLOUTS_GENERATED),

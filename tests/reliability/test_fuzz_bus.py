@@ -329,6 +329,14 @@ def record_outcome(consumer: Consumer, payload: Payload, letters: list, outputs:
     count(SUITE, f"{consumer.service}:{consumer.topic}", payload.kind, outcome)
 
 
+def feed_drawn(consumer, medec, medec_path, kind: str, data):
+    """One drawn case of ``kind`` through ``consumer``: (payload, key, dead letters, outputs)."""
+    key = f"case-{next(CASE_IDS)}"
+    payload = data.draw(payloads(consumer.topic, medec, key, kind))
+    letters, outputs = feed(consumer, payload, key, fuzzing.medec_sentences(str(medec_path)))
+    return payload, key, letters, outputs
+
+
 # --------------------------------------------------------------------------------------------
 # the fuzz tests, one per consumer family
 
@@ -340,9 +348,7 @@ def record_outcome(consumer: Consumer, payload: Payload, letters: list, outputs:
 def test_a_stream_consumer_turns_every_message_into_one_output_or_one_dead_letter(consumers, medec, medec_path, name,
                                                                                  kind, data):
     consumer = consumers[name]
-    key = f"case-{next(CASE_IDS)}"
-    payload = data.draw(payloads(consumer.topic, medec, key, kind))
-    letters, outputs = feed(consumer, payload, key, fuzzing.medec_sentences(str(medec_path)))
+    payload, key, letters, outputs = feed_drawn(consumer, medec, medec_path, kind, data)
     assert len(letters) + len(outputs) == 1, (name, kind, [d.error_class for d in letters], len(outputs))
     if letters:
         assert letters[0].key == key.encode(), (name, kind)
@@ -359,9 +365,7 @@ def test_policy_updates_never_load_anything_or_jump_the_learners_version(consume
     injector = consumer.injector
     policy = injector.policy
     before = policy.learner_version
-    key = f"case-{next(CASE_IDS)}"
-    payload = data.draw(payloads(consumer.topic, medec, key, kind))
-    letters, outputs = feed(consumer, payload, key, fuzzing.medec_sentences(str(medec_path)))
+    payload, key, letters, outputs = feed_drawn(consumer, medec, medec_path, kind, data)
     assert len(letters) <= 1 and not outputs
     assert injector.backend.loaded == [] and policy.version == 0, "no update names a real, matching checkpoint"
     assert policy.learner_version <= before + injector.settings.max_version_jump, "an unsigned update jumped"
@@ -383,9 +387,7 @@ def test_the_learner_accounts_for_every_scored_group_and_trains_only_on_sound_on
     consumer = consumers["trainer-scored"]
     loop = consumer.loop
     before = (loop.groups_consumed, len(loop._buffer), sum(loop.fates.values()), loop.version)
-    key = f"case-{next(CASE_IDS)}"
-    payload = data.draw(payloads(consumer.topic, medec, key, kind))
-    letters, _updates = feed(consumer, payload, key, fuzzing.medec_sentences(str(medec_path)))
+    payload, key, letters, _updates = feed_drawn(consumer, medec, medec_path, kind, data)
     after = (loop.groups_consumed, len(loop._buffer), sum(loop.fates.values()), loop.version)
     assert letters or after != before, (kind, "a scored group neither refused nor accounted for")
     assert finite_weights(consumer.learners), "a non-finite value reached an optimizer step"
@@ -407,9 +409,7 @@ def test_the_learner_reads_any_dead_letter_without_writing_one_or_miscounting(co
     consumer = consumers["trainer-deadletters"]
     loop = consumer.loop
     before = loop.groups_consumed
-    key = f"case-{next(CASE_IDS)}"
-    payload = data.draw(payloads(consumer.topic, medec, key, kind))
-    letters, _updates = feed(consumer, payload, key, fuzzing.medec_sentences(str(medec_path)))
+    payload, key, letters, _updates = feed_drawn(consumer, medec, medec_path, kind, data)
     assert not letters, "a dead letter is never dead-lettered (that would loop)"
     try:
         letter = pb.DeadLetter.FromString(payload.value)
